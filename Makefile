@@ -1,0 +1,36 @@
+# Two commands do all the set-up on a fresh clone: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# This machine installs these two from local disk; other torch builds do not import beside PyPI's torchvision.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test lint format clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q $(TORCH_PINS)
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/shufflenet models
+
+test: $(VENV)/.installed-dev
+	$(BIN)/ruff check src tests benchmarks hubconf.py
+	$(BIN)/ruff format --check src tests benchmarks hubconf.py
+	$(BIN)/pytest -n 2
+
+format: $(VENV)/.installed-dev
+	$(BIN)/ruff check --fix src tests benchmarks hubconf.py
+	$(BIN)/ruff format src tests benchmarks hubconf.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""torch.hub entry points (filled in by the interop work)."""

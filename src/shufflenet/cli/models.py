@@ -1,0 +1,44 @@
+"""``shufflenet models``: every registered model with params, MFLOPs and MAC beside the paper's figure."""
+
+from __future__ import annotations
+
+import argparse
+
+from shufflenet.analysis import model_table
+from shufflenet.cli.common import format_table, write_json
+from shufflenet.models import list_models
+
+COLUMNS = [
+    ("name", "model"),
+    ("params", "params"),
+    ("mflops", "MFLOPs"),
+    ("mac_m", "MAC (M)"),
+    ("paper_mflops", "paper MFLOPs"),
+    ("paper_source", "source"),
+    ("mflops_vs_paper_pct", "diff %"),
+]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the subcommand."""
+    parser = subparsers.add_parser("models", help="list models with params, FLOPs and MAC")
+    parser.add_argument("pattern", nargs="?", default="*", help="shell pattern, e.g. 'shufflenet_v1_g3_*'")
+    parser.add_argument("--img-size", type=int, default=224, help="input size for FLOPs/MAC (default 224)")
+    parser.add_argument("--json", metavar="FILE", help="write the table as JSON ('-' for stdout)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the model table."""
+    names = list_models(args.pattern)
+    if not names:
+        raise ValueError(f"no model matches {args.pattern!r}; try `shufflenet models` for all names")
+    rows = model_table(names, (args.img_size, args.img_size))
+    if args.json:
+        write_json(args.json, rows)
+        if args.json == "-":
+            return 0
+    print(format_table(rows, COLUMNS))
+    size = f"{args.img_size}x{args.img_size}"
+    print(f"\nFLOPs = multiply-adds; MAC = elements read + written (v2 paper, Sec. 2), at {size}.")
+    return 0
