@@ -81,10 +81,13 @@ def read_file(path: str | Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        detail = next((line for line in str(err).splitlines() if "Unsupported global" in line), None)
+        if detail is None:
+            raise CheckpointError(f"{path} is not a readable PyTorch file (damaged, or not a checkpoint)") from None
         raise CheckpointError(
             f"{path} holds pickled Python objects beyond tensors and plain containers, which shufflenet "
             f"refuses to unpickle (it could run code). Re-save only the weights, e.g. "
-            f"torch.save(model.state_dict(), ...), or use .safetensors. Detail: {str(err).splitlines()[0]}"
+            f"torch.save(model.state_dict(), ...), or use .safetensors. Detail: {detail.strip()}"
         ) from None
     except (RuntimeError, EOFError, OSError) as err:
         raise CheckpointError(f"{path} is not a readable PyTorch file ({str(err).splitlines()[0]})") from None
@@ -150,15 +153,14 @@ def load_pretrained(model: nn.Module, path: str | Path, strict_classifier: bool 
         raise CheckpointError(f"{path} contains no tensors")
     report = LoadReport(path=str(path), source_format=source, loaded=0, preprocessing=preprocessing)
     own = model.state_dict()
+    missing = [k for k in own if k not in state and not (k.startswith(CLASSIFIER_PREFIXES) and not strict_classifier)]
+    if missing:
+        raise CheckpointError(
+            f"{path} has no key {missing[0]!r} that {type(model).__name__} needs ({len(missing)} missing); is it a "
+            f"checkpoint for another architecture? (its first keys: {list(state)[:3]})"
+        )
     for key, tensor in own.items():
-        if key not in state:
-            if key.startswith(CLASSIFIER_PREFIXES) and not strict_classifier:
-                continue
-            raise CheckpointError(
-                f"{path} has no key {key!r} that {type(model).__name__} needs; is it a checkpoint for "
-                f"another architecture? (its first keys: {list(state)[:3]})"
-            )
-        if state[key].shape != tensor.shape:
+        if key in state and state[key].shape != tensor.shape:
             if key.startswith(CLASSIFIER_PREFIXES) and not strict_classifier:
                 report.reinitialized.append(key)
                 continue
