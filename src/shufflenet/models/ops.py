@@ -38,6 +38,7 @@ class ChannelShuffle(nn.Module):
         return channel_shuffle(x, self.groups)
 
     def extra_repr(self) -> str:
+        """Shown by ``repr(module)``."""
         return f"groups={self.groups}"
 
 
