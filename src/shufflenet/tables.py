@@ -80,3 +80,66 @@ V2_TORCHVISION_PARAMS: dict[float, int] = {
     1.5: 3_503_624,
     2.0: 7_393_996,
 }
+
+# ---------------------------------------------------------------- ShuffleNet v2 guideline experiments (Ma et al. 2018)
+# Section 2, Tables 1-4: micro-benchmarks on 56x56 inputs, each block stacked 10 times, FLOPs held fixed across
+# the rows of a table by choosing the channel widths. Columns are channel multipliers x1/x2/x4 (channels times
+# 1, 2, 4). GPU: one GTX 1080Ti, cuDNN 7.0 with its benchmark mode, in batches/sec (Fig. 1 states batch size 8
+# for the GPU and 1 for ARM; Tables 1-4 do not restate it). ARM: Snapdragon 810, one thread, in images/sec
+# (Tables 2-4 label the ARM column "CPU"). The block structures of Table 3 are drawn only in the paper's
+# Appendix Fig. 1, which gives no numbers; shufflenet.guidelines documents how it builds them.
+V2_GUIDELINE_INPUT_SIZE = 56
+V2_GUIDELINE_BLOCKS = 10
+V2_GUIDELINE_MULTIPLIERS: tuple[int, int, int] = (1, 2, 4)
+
+# Table 1 (G1): two 1x1 convs per block, c1 -> c2 then c2 -> c1. Per c1:c2 ratio: the (c1, c2) at x1 and the
+# speeds at x1/x2/x4, for GPU and ARM (the two platforms use different widths).
+V2_TABLE1_G1: dict[str, dict[str, tuple]] = {
+    "1:1": {"gpu_channels": (128, 128), "gpu": (1480, 723, 232), "arm_channels": (32, 32), "arm": (76.2, 21.7, 5.3)},
+    "1:2": {"gpu_channels": (90, 180), "gpu": (1296, 586, 206), "arm_channels": (22, 44), "arm": (72.9, 20.5, 5.1)},
+    "1:6": {"gpu_channels": (52, 312), "gpu": (876, 489, 189), "arm_channels": (13, 78), "arm": (69.1, 17.9, 4.6)},
+    "1:12": {"gpu_channels": (36, 432), "gpu": (748, 392, 163), "arm_channels": (9, 108), "arm": (57.6, 15.1, 4.4)},
+}
+
+# Table 2 (G2): 10 stacked 1x1 group convs c -> c with g groups; c at x1 per platform and the speeds at x1/x2/x4.
+V2_TABLE2_G2: dict[int, dict[str, tuple | int]] = {
+    1: {"gpu_channels": 128, "gpu": (2451, 1289, 437), "arm_channels": 64, "arm": (40.0, 10.2, 2.3)},
+    2: {"gpu_channels": 180, "gpu": (1725, 873, 341), "arm_channels": 90, "arm": (35.0, 9.5, 2.2)},
+    4: {"gpu_channels": 256, "gpu": (1026, 644, 338), "arm_channels": 128, "arm": (32.9, 8.7, 2.1)},
+    8: {"gpu_channels": 360, "gpu": (634, 445, 230), "arm_channels": 180, "arm": (27.8, 7.5, 1.8)},
+}
+
+# Table 3 (G3): blocks of 1 to 4 1x1 convs in series or in parallel. c is the width of the 1-fragment block
+# (GPU c = 128/256/512, ARM c = 64/128/256 for the three columns); the other blocks' widths are adjusted so
+# that FLOPs equal the 1-fragment's.
+V2_TABLE3_CHANNELS: dict[str, tuple[int, int, int]] = {"gpu": (128, 256, 512), "arm": (64, 128, 256)}
+V2_TABLE3_G3: dict[str, dict[str, tuple]] = {
+    "1-fragment": {"gpu": (2446, 1274, 434), "arm": (40.2, 10.1, 2.3)},
+    "2-fragment-series": {"gpu": (1790, 909, 336), "arm": (38.6, 10.1, 2.2)},
+    "4-fragment-series": {"gpu": (752, 745, 349), "arm": (38.4, 10.1, 2.3)},
+    "2-fragment-parallel": {"gpu": (1537, 803, 320), "arm": (33.4, 9.1, 2.2)},
+    "4-fragment-parallel": {"gpu": (691, 572, 292), "arm": (35.0, 8.4, 2.1)},
+}
+
+# Table 4 (G4): ResNet "bottleneck" unit (1x1, 3x3, 1x1 conv) with ReLU and shortcut removed separately, stacked
+# 10 times; c = 32/64/128 channels in the unit for the three columns on both platforms. Keyed by (relu, shortcut).
+V2_TABLE4_CHANNELS: tuple[int, int, int] = (32, 64, 128)
+V2_TABLE4_G4: dict[tuple[bool, bool], dict[str, tuple]] = {
+    (True, True): {"gpu": (2427, 2066, 1436), "arm": (56.7, 16.9, 5.0)},
+    (True, False): {"gpu": (2647, 2256, 1735), "arm": (61.9, 18.8, 5.2)},
+    (False, True): {"gpu": (2672, 2121, 1458), "arm": (57.3, 18.2, 5.1)},
+    (False, False): {"gpu": (2842, 2376, 1782), "arm": (66.3, 20.2, 5.4)},
+}
+
+# Table 8, the ShuffleNet rows: complexity (MFLOPs), top-1 error (%), GPU speed (batches/sec, batch 8) and ARM
+# speed (images/sec, batch 1) at 224x224, keyed by this package's registry name (v1 rows are g=3).
+V2_TABLE8_SHUFFLENET: dict[str, dict[str, float]] = {
+    "shufflenet_v2_x0_5": {"mflops": 41, "top1_err": 39.7, "gpu": 417, "arm": 57.0},
+    "shufflenet_v1_g3_x0_5": {"mflops": 38, "top1_err": 43.2, "gpu": 347, "arm": 56.8},
+    "shufflenet_v2_x1_0": {"mflops": 146, "top1_err": 30.6, "gpu": 341, "arm": 24.4},
+    "shufflenet_v1_g3_x1_0": {"mflops": 140, "top1_err": 32.6, "gpu": 213, "arm": 21.8},
+    "shufflenet_v2_x1_5": {"mflops": 299, "top1_err": 27.4, "gpu": 255, "arm": 11.8},
+    "shufflenet_v1_g3_x1_5": {"mflops": 292, "top1_err": 28.5, "gpu": 164, "arm": 10.3},
+    "shufflenet_v2_x2_0": {"mflops": 591, "top1_err": 25.1, "gpu": 217, "arm": 6.7},
+    "shufflenet_v1_g3_x2_0": {"mflops": 524, "top1_err": 26.3, "gpu": 133, "arm": 6.4},
+}
