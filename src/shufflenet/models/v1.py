@@ -9,6 +9,12 @@ Channel rule for widths other than 1x (``stage_channels``): megvii's official ch
 (so their checkpoints convert exactly); otherwise every stage width is ``s * Table1`` rounded to the
 nearest multiple of 4g (so the bottleneck, out/4, splits into g groups) and the stem is ``24 * s``
 rounded to the nearest multiple of g (so out - in of stage 2's stride-2 unit splits into g groups).
+
+``shuffle_order``: ``"paper"`` (default) reshapes C to (g, C/g) and transposes, as Sec. 3.1 and Fig. 1
+define it. ``"megvii"`` applies the inverse permutation, reshaping to (C/g, g), as megvii-model/
+ShuffleNet-Series's v1 code does; its g=8 0.5x/1x/1.5x checkpoints need it to load exactly (no
+within-group relabelling of the paper order reproduces them; see docs/pretrained.md). g=3 and g=8 2x
+files convert onto the paper order.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from torch import Tensor, nn
 
 from shufflenet import tables
 from shufflenet.models.ops import ClassifierMixin, channel_shuffle, check_num_classes, conv_bn, make_divisible
+
+SHUFFLE_ORDERS = ("paper", "megvii")
 
 
 def stage_channels(groups: int, width_mult: float) -> tuple[int, int, int, int]:
@@ -40,13 +48,22 @@ class ShuffleUnit(nn.Module):
     """The v1 unit of Fig. 2(b) (stride 1, add) and Fig. 2(c) (stride 2, avg-pool shortcut + concat)."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, stride: int, groups: int, group_first_conv: bool = True
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        groups: int,
+        group_first_conv: bool = True,
+        shuffle_order: str = "paper",
     ) -> None:
         super().__init__()
         if stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2, got {stride}")
+        if shuffle_order not in SHUFFLE_ORDERS:
+            raise ValueError(f"shuffle_order must be one of {SHUFFLE_ORDERS}, got {shuffle_order!r}")
         self.stride = stride
         self.groups = groups
+        self.shuffle_order = shuffle_order
         main_out = out_channels - in_channels if stride == 2 else out_channels
         bottleneck = out_channels // tables.V1_BOTTLENECK_RATIO
         first_groups = groups if group_first_conv else 1
@@ -60,13 +77,20 @@ class ShuffleUnit(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the unit."""
-        out = self.compress(x)
-        if self.groups > 1:
-            out = channel_shuffle(out, self.groups)
+        out = self.shuffle(self.compress(x))
         out = self.expand(self.depthwise(out))
         if self.stride == 1:
             return torch.relu(out + x)
         return torch.relu(torch.cat((self.shortcut(x), out), dim=1))
+
+    def shuffle(self, x: Tensor) -> Tensor:
+        """The channel shuffle between the first 1x1 conv and the depthwise conv, in ``shuffle_order``."""
+        if self.groups == 1:
+            return x
+        if self.shuffle_order == "megvii":
+            # Reshaping to (C/g, g) before the transpose is channel_shuffle with C/g groups: the inverse.
+            return channel_shuffle(x, x.shape[1] // self.groups)
+        return channel_shuffle(x, self.groups)
 
 
 class ShuffleNetV1(ClassifierMixin, nn.Module):
@@ -78,11 +102,13 @@ class ShuffleNetV1(ClassifierMixin, nn.Module):
         width_mult: float = 1.0,
         num_classes: int = 1000,
         in_chans: int = 3,
+        shuffle_order: str = "paper",
     ) -> None:
         super().__init__()
         check_num_classes(num_classes)
         channels = stage_channels(groups, width_mult)
         self.groups = groups
+        self.shuffle_order = shuffle_order
         self.width_mult = width_mult
         self.in_chans = in_chans
         self.num_classes = num_classes
@@ -95,8 +121,11 @@ class ShuffleNetV1(ClassifierMixin, nn.Module):
         self.stage4: nn.Sequential
         in_channels = channels[0]
         for stage, repeats, out_channels in zip((2, 3, 4), tables.V1_STAGE_REPEATS, channels[1:], strict=True):
-            units = [ShuffleUnit(in_channels, out_channels, 2, groups, group_first_conv=stage != 2)]
-            units += [ShuffleUnit(out_channels, out_channels, 1, groups) for _ in range(repeats - 1)]
+            units = [ShuffleUnit(in_channels, out_channels, 2, groups, stage != 2, shuffle_order=shuffle_order)]
+            units += [
+                ShuffleUnit(out_channels, out_channels, 1, groups, shuffle_order=shuffle_order)
+                for _ in range(repeats - 1)
+            ]
             setattr(self, f"stage{stage}", nn.Sequential(*units))
             in_channels = out_channels
         self.num_features = in_channels
