@@ -1,1 +1,76 @@
-"""torch.hub entry points (filled in by the interop work)."""
+"""torch.hub entry points: one per registered model, e.g. ``torch.hub.load(repo, "shufflenet_v1_g3_x1_0")``.
+
+``weights=PATH`` loads any file shufflenet reads: our checkpoints (their model options and class names
+apply), torchvision ShuffleNet V2 ``.pth`` files, and megvii / mmpretrain checkpoints (detected and
+converted). The model comes back in training mode, as torch.hub models do; ``model.preprocessing``
+says how to feed it. Only underscore names besides the entry points, so ``torch.hub.list`` shows models.
+"""
+
+from __future__ import annotations
+
+import importlib as _importlib
+import sys as _sys
+from pathlib import Path as _Path
+from typing import Any as _Any
+
+from torch import nn as _nn
+
+dependencies = ["torch", "torchvision"]
+
+# A hub checkout is not pip-installed: make its src/ importable (an installed copy keeps working).
+_SRC = _Path(__file__).resolve().parent / "src"
+if _SRC.is_dir() and str(_SRC) not in _sys.path:
+    _sys.path.insert(0, str(_SRC))
+
+_models = _importlib.import_module("shufflenet.models")
+_CLASSIFIER_KEYS = ("fc.weight", "classifier.0.weight", "head.fc.weight")
+
+
+def _load(name: str, weights: str | _Path | None = None, num_classes: int | None = None, **kwargs: _Any) -> _nn.Module:
+    """Build ``name``; with ``weights``, load the file (class count from the file unless given)."""
+    if weights is None:
+        return _models.create_model(name, num_classes=num_classes or 1000, **kwargs)
+    from shufflenet import weights as _weights
+    from shufflenet.transforms import Preprocessing
+
+    raw = _weights.read_file(weights)
+    class_names = None
+    if raw.get("format") == _weights.CHECKPOINT_FORMAT:
+        if raw.get("arch") != name:
+            raise ValueError(f"{weights} holds {raw.get('arch')!r}, not {name!r}; load it as {raw.get('arch')!r}")
+        stored = dict(raw.get("model_kwargs") or {})
+        clash = [k for k in stored if k in kwargs and kwargs[k] != stored[k]]
+        if clash:
+            raise ValueError(f"{weights} was saved with {clash[0]}={stored[clash[0]]!r}; got {kwargs[clash[0]]!r}")
+        kwargs = {**stored, **kwargs}
+        if num_classes in (None, raw.get("num_classes")):
+            num_classes, class_names = raw.get("num_classes"), raw.get("class_names")
+    if num_classes is None:
+        state = _weights.unwrap_state_dict(raw)
+        num_classes = next((state[k].shape[0] for k in _CLASSIFIER_KEYS if k in state), 1000)
+    model = _models.create_model(name, num_classes=num_classes, **kwargs)
+    report = _weights.load_pretrained(model, weights)
+    model.preprocessing = report.preprocessing or Preprocessing()
+    model.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+    return model
+
+
+def _entry_point(name: str) -> _Any:
+    info = _models.model_info(name)
+
+    def entry(weights: str | _Path | None = None, num_classes: int | None = None, **kwargs: _Any) -> _nn.Module:
+        return _load(name, weights, num_classes, **kwargs)
+
+    entry.__name__ = entry.__qualname__ = name
+    groups = f", groups={info.groups}" if info.groups else ""
+    entry.__doc__ = (
+        f"{name}: {info.family} width {info.width_mult}{groups}.\n\n"
+        "weights: optional checkpoint path (ours, torchvision, megvii or mmpretrain; foreign layouts are\n"
+        "detected and converted exactly). num_classes: defaults to the file's (1000 without weights).\n"
+        "Other keyword arguments go to the model (e.g. shuffle_order='megvii' for v1)."
+    )
+    return entry
+
+
+for _name in _models.list_models():
+    globals()[_name] = _entry_point(_name)
