@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from shufflenet.engine import train
 from shufflenet.models import create_model, list_models, model_info
+from shufflenet.weights import load_model
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "create_model", "list_models", "model_info"]
+__all__ = ["__version__", "create_model", "list_models", "load_model", "model_info", "train"]
