@@ -1,0 +1,111 @@
+"""``shufflenet eval``: accuracy, per-class precision/recall and confusion matrix of a checkpoint on a folder."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from shufflenet.cli.common import format_table, write_json
+
+BACKENDS = ("torch", "onnxruntime", "openvino", "auto")
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
+def add_inference_options(parser: argparse.ArgumentParser) -> None:
+    """The options eval and predict share: device, batch size, inference backend and precision."""
+    parser.add_argument("--device", default="auto", help="auto (default: cuda, mps, cpu), cpu, cuda, mps")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="run through shufflenet.deploy.compile_for_inference with this backend (default: plain PyTorch)",
+    )
+    parser.add_argument("--precision", choices=PRECISIONS, help="with --backend: fp32 (default), bf16 or int8")
+
+
+def inference_function(
+    model: nn.Module, backend: str | None, precision: str | None, batches: Iterable[Tensor]
+) -> Callable[[Tensor], Tensor]:
+    """``model`` itself, or (when a backend or precision is asked for) its compiled form from shufflenet.deploy.
+
+    ``batches`` gives an example input and, for int8, a few calibration batches of the images at hand.
+    """
+    if backend is None and precision is None:
+        return model
+    from shufflenet.deploy import compile_for_inference
+
+    samples = list(itertools.islice(batches, 4))
+    if not samples:
+        raise ValueError("no images to compile the model with")
+    return compile_for_inference(
+        model.cpu(),
+        backend=backend or "auto",
+        precision=precision or "fp32",
+        example_input=samples[0],
+        calibration_data=samples if precision == "int8" else None,
+    )
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the subcommand."""
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate a checkpoint on a class-per-folder tree",
+        description="Top-1, top-5, per-class precision/recall and the confusion matrix (PNG + JSON) of a "
+        "checkpoint on DIR, whose class folders must match the checkpoint's (a train/ + val/ root means val/).",
+    )
+    parser.add_argument("--weights", metavar="FILE", required=True, help="checkpoint, e.g. RUN/best.pt")
+    parser.add_argument("--data", metavar="DIR", required=True, help="class-per-folder image tree")
+    parser.add_argument("--json", metavar="FILE", help="write all results as JSON ('-' for stdout)")
+    parser.add_argument("--out", metavar="DIR", help="where the confusion matrix goes (default: FILE's folder/eval)")
+    parser.add_argument("--workers", type=int, default=0, help="data-loading processes (default 0)")
+    add_inference_options(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate and print the summary and per-class table."""
+    import sys
+
+    from shufflenet.cli.train import setup_logging
+    from shufflenet.engine import evaluate, load_eval_dataset, resolve_device, write_confusion
+    from shufflenet.weights import load_model
+
+    setup_logging(args.quiet)
+    device = resolve_device(args.device)
+    model = load_model(args.weights, device=device)
+    dataset, skipped = load_eval_dataset(args.data, model.class_names, model.preprocessing)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
+    function = inference_function(model, args.backend, args.precision, (images for images, _ in loader))
+    if function is not model:
+        device = torch.device("cpu")
+    result = evaluate(
+        function, loader, model.class_names, device=device, progress=not args.quiet and sys.stderr.isatty()
+    )
+    out_dir = Path(args.out) if args.out else Path(args.weights).resolve().parent / "eval"
+    png, js = write_confusion(result, out_dir)
+    data = result.to_dict()
+    data.update(weights=str(args.weights), data=str(args.data), skipped=[[str(p), r] for p, r in skipped])
+    data.update(backend=args.backend or "torch", precision=args.precision or "fp32")
+    if args.json:
+        write_json(args.json, data)
+        if args.json == "-":
+            return 0
+    print(
+        format_table(
+            result.per_class,
+            [("class", "class"), ("precision", "precision"), ("recall", "recall"), ("support", "images")],
+        )
+    )
+    print(
+        f"\ntop-1 {result.top1:.4f}  top-{result.topk} {result.top5:.4f}  loss {result.loss:.4f}  "
+        f"on {result.num_images} images" + (f" ({len(skipped)} unreadable skipped)" if skipped else "")
+    )
+    print(f"confusion matrix: {png} and {js}")
+    return 0

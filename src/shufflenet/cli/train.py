@@ -1,0 +1,107 @@
+"""``shufflenet train``: train or fine-tune on an image folder (also under ``torchrun -m shufflenet train``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from shufflenet.engine import AMP_MODES, OPTIMIZERS, SCHEDULES, TrainConfig
+
+DEFAULTS = TrainConfig()
+
+
+def setup_logging(quiet: bool = False) -> None:
+    """Send the package's log records to stderr: INFO (WARNING when quiet, or on torchrun ranks other than 0)."""
+    logger = logging.getLogger("shufflenet")
+    if any(getattr(h, "_shufflenet_cli", False) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    other_rank = int(os.environ.get("RANK", "0")) != 0
+    handler.setLevel(logging.WARNING if quiet or other_rank else logging.INFO)
+    handler._shufflenet_cli = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the subcommand."""
+    parser = subparsers.add_parser(
+        "train",
+        help="train or fine-tune a model on an image folder",
+        description="Train or fine-tune on DIR (train/ + val/ class folders, or one class tree split by "
+        "--val-split). Writes RUN/config.json, class_indices.json, metrics.csv, best.pt, last.pt, result.png, "
+        "confusion_matrix.png, train.log. Under torchrun, runs DistributedDataParallel.",
+    )
+    d = DEFAULTS
+    # Defaults are None here so that a resumed run can tell what was given on the command line.
+    parser.add_argument("--data", metavar="DIR", help="image folder (optional with --resume)")
+    parser.add_argument("--out", metavar="RUN", required=True, help="run folder")
+    parser.add_argument("--model", metavar="NAME", help=f"architecture (default {d.model}; `shufflenet models`)")
+    parser.add_argument("--weights", metavar="FILE", help="pretrained .pth/.safetensors to start from")
+    parser.add_argument("--freeze-backbone", action="store_true", default=None, help="train the classifier only")
+    parser.add_argument("--epochs", type=int, help=f"total epochs (default {d.epochs})")
+    parser.add_argument("--batch-size", type=int, help=f"images per step and process (default {d.batch_size})")
+    parser.add_argument("--lr", type=float, help=f"learning rate (default {d.lr:g})")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default {d.optimizer}")
+    parser.add_argument("--weight-decay", type=float, help="default 0 for adam, 0.05 adamw, 4e-5 sgd; never on BN/bias")
+    parser.add_argument("--momentum", type=float, help=f"SGD momentum (default {d.momentum})")
+    parser.add_argument("--schedule", choices=SCHEDULES, help=f"learning-rate schedule (default {d.schedule})")
+    parser.add_argument("--warmup-epochs", type=float, help="linear warm-up length (default 0)")
+    parser.add_argument("--label-smoothing", type=float, help="default 0")
+    parser.add_argument("--img-size", type=int, help=f"crop size S (default {d.img_size}; eval resizes to S*256/224)")
+    parser.add_argument("--crop-scale", type=float, help=f"smallest RandomResizedCrop area (default {d.crop_scale})")
+    parser.add_argument("--no-hflip", dest="hflip", action="store_false", default=None, help="no horizontal flips")
+    parser.add_argument(
+        "--val-split", type=float, help=f"validation fraction for one-tree data (default {d.val_split})"
+    )
+    parser.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
+    parser.add_argument("--device", help="auto (default: cuda, mps, cpu), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--amp", choices=AMP_MODES, help="autocast dtype (default auto: where it is faster)")
+    parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="NHWC memory format (default: on for CPU and CUDA)",
+    )
+    parser.add_argument("--workers", type=int, help="data-loading processes (default: 0 on CPU, cores-1 on GPU)")
+    parser.add_argument(
+        "--cache-images",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep decoded, resized images in memory (default: when they fit in 2 GiB)",
+    )
+    parser.add_argument("--resume", action="store_true", default=None, help="continue RUN from RUN/last.pt")
+    parser.add_argument("--overwrite", action="store_true", default=None, help="replace the files of an existing RUN")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings and errors only")
+    parser.set_defaults(func=run)
+
+
+def options_from_args(args: argparse.Namespace) -> dict[str, object]:
+    """The TrainConfig options given on the command line (omitted ones keep defaults or the resumed run's)."""
+    names = [f for f in TrainConfig.__dataclass_fields__ if f != "progress"]
+    options = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    options["progress"] = not args.quiet and sys.stderr.isatty()
+    return options
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train, then print where the results are."""
+    from shufflenet.engine import train
+
+    setup_logging(args.quiet)
+    result = train(**options_from_args(args))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0 if result.stopped is None else 1
+    if result.stopped:
+        print(f"shufflenet train: {result.message}", file=sys.stderr)
+        return 130 if result.stopped == "interrupted" else 1
+    last = result.last
+    print(
+        f"{len(result.history)} epochs: val acc {last.get('val_acc', 0):.4f} (best {result.best_val_acc:.4f} at "
+        f"epoch {result.best_epoch}); run folder {result.run_dir}"
+    )
+    return 0
