@@ -140,3 +140,18 @@ def test_load_model_rejects_incomplete_checkpoint(tmp_path) -> None:
 def test_make_checkpoint_checks_class_names() -> None:
     with pytest.raises(ValueError, match="2 class names for a model with 3 outputs"):
         make_checkpoint(trained_like(), ARCH, ["a", "b"])
+
+
+def test_checkpoint_model_options_must_match_the_model(tmp_path) -> None:
+    source = create_model("shufflenet_v1_g8_x0_5", num_classes=2, shuffle_order="megvii")
+    path = save_checkpoint(
+        tmp_path / "megvii_order.pt",
+        make_checkpoint(source, "shufflenet_v1_g8_x0_5", model_kwargs={"shuffle_order": "megvii"}),
+    )
+    with pytest.raises(CheckpointError, match=r"built with shuffle_order='megvii', this one has shuffle_order='paper'"):
+        create_model("shufflenet_v1_g8_x0_5", num_classes=2, weights=path)
+    model = create_model("shufflenet_v1_g8_x0_5", num_classes=2, shuffle_order="megvii", weights=path).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), source.eval()(x))
+        assert torch.equal(load_model(path)(x), model(x))

@@ -138,13 +138,25 @@ def load_pretrained(model: nn.Module, path: str | Path, strict_classifier: bool 
     if raw.get("format") == CHECKPOINT_FORMAT:
         source = "shufflenet checkpoint"
         state = unwrap_state_dict(raw)
+        for option, value in raw.get("model_kwargs", {}).items():
+            if getattr(model, option, value) != value:
+                raise CheckpointError(
+                    f"{path} was saved from a model built with {option}={value!r}, this one has "
+                    f"{option}={getattr(model, option)!r}; build it with create_model(..., {option}={value!r}) "
+                    f"or use shufflenet.load_model({str(path)!r})"
+                )
         if "preprocessing" in raw:
             preprocessing = Preprocessing.from_dict(raw["preprocessing"])
     else:
         _import_adapters()
         for adapter in _ADAPTERS:
             if adapter.detect(raw):
-                state, preprocessing = adapter.convert(raw, model)
+                try:
+                    state, preprocessing = adapter.convert(raw, model)
+                except CheckpointError as err:
+                    if str(path) not in str(err):
+                        err.args = (f"{path}: {err}", *err.args[1:])
+                    raise
                 source = adapter.name
                 break
         else:
