@@ -406,6 +406,7 @@ def _summary(samples: list[float]) -> dict[str, float]:
         "images_per_s_q1": q1,
         "images_per_s_q3": q3,
         "spread_pct": 100 * (q3 - q1) / mid if mid else 0.0,
+        "images_per_s_best": max(samples),  # the least disturbed repeat, for runs on a busy machine
     }
 
 

@@ -26,6 +26,7 @@ MICRO_COLUMNS = [
     ("mac_vs_bound", "MAC/bound"),
     ("images_per_s", "img/s"),
     ("spread_pct", "IQR %"),
+    ("images_per_s_best", "best"),
     ("relative", "rel"),
     ("paper_gpu", "paper GPU"),
     ("paper_gpu_relative", "GPU rel"),
@@ -39,6 +40,7 @@ MODEL_COLUMNS = [
     ("mmac", "MAC (M)"),
     ("images_per_s", "img/s"),
     ("spread_pct", "IQR %"),
+    ("images_per_s_best", "best"),
     ("relative", "vs v1"),
     ("paper_gpu", "paper GPU"),
     ("paper_gpu_relative", "GPU vs v1"),
@@ -123,8 +125,9 @@ def format_report(results: dict[str, Any]) -> str:
         f"batch {settings['batch_size']}, {settings['repeats']} repeats of "
         f">= {settings['min_time']} s, paper widths: {settings['profile']}; load average "
         f"{_load(machine['loadavg'])} before, {_load(settings['loadavg_after'])} after; {settings['seconds']} s.",
-        "img/s = median images per second, IQR % = interquartile range / median; rel = throughput / first row "
-        "(v1_vs_v2: v2 / v1 at the same width). Paper: GPU batches/s (GTX 1080Ti), ARM images/s (Snapdragon 810).",
+        "img/s = median images per second, IQR % = interquartile range / median, best = fastest repeat; "
+        "rel = throughput / first row (v1_vs_v2: v2 / v1 at the same width). Paper: GPU batches/s (GTX 1080Ti), "
+        "ARM images/s (Snapdragon 810).",
     ]
     for experiment in EXPERIMENTS:
         rows = results.get(experiment)
