@@ -1,0 +1,114 @@
+"""``shufflenet bench``: every inference backend/precision side by side with torchvision eager."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from torch import nn
+
+from shufflenet import bench, deploy
+from shufflenet.cli.common import format_table, write_json
+from shufflenet.models import create_model, list_models
+from shufflenet.weights import CHECKPOINT_FORMAT, load_model, read_file
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,8,32, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
+    return values
+
+
+def _str_list(valid: tuple[str, ...]) -> object:
+    def parse(text: str) -> list[str]:
+        values = [v.strip() for v in text.split(",") if v.strip()]
+        bad = [v for v in values if v not in valid]
+        if bad or not values:
+            raise argparse.ArgumentTypeError(f"unknown value(s) {bad or text!r}; valid: {','.join(valid)}")
+        return values
+
+    return parse
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the subcommand."""
+    parser = subparsers.add_parser(
+        "bench",
+        help="latency/throughput/memory of every inference backend vs torchvision",
+        description="Time every available backend and precision in this process, interleaved, beside "
+        "torchvision's eager ShuffleNetV2 (v2) or our eager model (v1). Prints a table; JSON and PNG optional.",
+    )
+    parser.add_argument("--model", help="registered model name (see `shufflenet models`)")
+    parser.add_argument("--weights", metavar="FILE", help="checkpoint to load (default: random weights)")
+    parser.add_argument("--batch-sizes", type=_int_list, default=[1, 8, 32], help="e.g. 1,8,32 (default)")
+    parser.add_argument("--img-size", type=int, default=224, help="input height and width (default 224)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for every backend (default 2)")
+    parser.add_argument("--backends", type=_str_list(deploy.BACKENDS), help="subset, e.g. torch,onnxruntime")
+    parser.add_argument("--precisions", type=_str_list(deploy.PRECISIONS), help="subset, e.g. fp32,int8")
+    parser.add_argument("--time", type=float, default=2.0, help="seconds of timing per candidate and batch size")
+    parser.add_argument("--torch-compile", action="store_true", help="also time torch.compile (slow to build)")
+    parser.add_argument("--json", metavar="FILE", help="write rows and machine info as JSON ('-' for stdout)")
+    parser.add_argument("--plot", metavar="FILE.png", help="write a bar chart of throughput")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.set_defaults(func=run)
+
+
+def _load(args: argparse.Namespace) -> tuple[nn.Module, str]:
+    if args.weights is None:
+        if not args.model:
+            raise ValueError("give --model NAME (and optionally --weights FILE)")
+        return create_model(args.model).eval(), args.model
+    raw = read_file(args.weights)
+    if raw.get("format") == CHECKPOINT_FORMAT:
+        model = load_model(args.weights)
+        if args.model and args.model != model.arch:
+            raise ValueError(f"--model {args.model} but {args.weights} holds a {model.arch}; drop --model or fix it")
+        return model, model.arch
+    if not args.model:
+        raise ValueError(f"{args.weights} is a plain state_dict; say which architecture with --model NAME")
+    return create_model(args.model, weights=args.weights).eval(), args.model
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark and print the table."""
+    if args.model and args.model not in list_models():
+        create_model(args.model)  # raises the registry's "unknown model" error with suggestions
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    model, name = _load(args)
+    progress = None if args.quiet else (lambda text: print(f"[bench] {text}", file=sys.stderr, flush=True))
+    result = bench.benchmark(
+        model,
+        model_name=name,
+        batch_sizes=args.batch_sizes,
+        img_size=args.img_size,
+        threads=args.threads,
+        backends=args.backends,
+        precisions=args.precisions,
+        torch_compile=args.torch_compile,
+        min_time_s=args.time,
+        progress=progress,
+    )
+    if args.json:
+        write_json(args.json, result.to_dict())
+        if args.json == "-":
+            return 0
+    if args.plot:
+        bench.plot(result, args.plot)
+    machine = result.machine
+    print(
+        f"{name} at {args.img_size}x{args.img_size}, {machine['threads']} threads, {machine['cpu']} "
+        f"({machine['logical_cpus']} logical CPUs), load average {machine['load_avg_1_5_15']}"
+    )
+    print(format_table(bench.table_rows(result), bench.TABLE_COLUMNS))
+    print(f"\nbaseline: {result.settings['baseline']}; median latency over interleaved rounds; p10-p90 is the spread.")
+    print("peak +MiB: resident-memory growth during the first run at that batch size (a lower bound).")
+    for label, why in result.skipped.items():
+        print(f"skipped {label}: {why}")
+    if args.plot:
+        print(f"wrote {args.plot}")
+    return 0

@@ -1,0 +1,145 @@
+"""The benchmark library and `shufflenet bench`: structure, agreement columns, memory, JSON, PNG (no timings)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from shufflenet import bench, create_model
+from shufflenet.cli import main
+from shufflenet.weights import make_checkpoint, save_checkpoint
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_time_interleaved_collects_samples_for_every_candidate() -> None:
+    calls = {"a": 0, "b": 0}
+
+    def make(name: str):
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            calls[name] += 1
+            return x * 2
+
+        return fn
+
+    x = torch.ones(4, 3, 8, 8)
+    timings = bench.time_interleaved({"a": make("a"), "b": make("b")}, x, min_time_s=0.01, rounds=3, min_runs=6)
+    for name, timing in timings.items():
+        assert len(timing.samples_ms) >= 6
+        assert calls[name] == len(timing.samples_ms) + 3  # one untimed call per round
+        assert timing.quantile_ms(0.1) <= timing.median_ms <= timing.quantile_ms(0.9)
+        assert timing.throughput == pytest.approx(4 * 1e3 / timing.median_ms)
+
+
+def test_timing_quantiles_interpolate() -> None:
+    timing = bench.Timing(samples_ms=[4.0, 1.0, 3.0, 2.0], batch_size=2)
+    assert timing.median_ms == 2.5
+    assert timing.quantile_ms(0.0) == 1.0 and timing.quantile_ms(1.0) == 4.0
+    assert timing.quantile_ms(0.5) == 2.5
+    assert timing.throughput == pytest.approx(800.0)
+
+
+def test_peak_memory_sees_a_large_allocation() -> None:
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux /proc")
+    with bench.PeakMemory() as memory:
+        block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+        del block
+    assert memory.growth_mib is not None and memory.growth_mib >= 50
+    assert memory.peak_mib >= memory.start_mib
+
+
+def test_machine_info_names_the_cpu() -> None:
+    info = bench.machine_info(threads=2)
+    assert info["cpu"] and info["threads"] == 2 and len(info["load_avg_1_5_15"]) == 3
+    assert info["versions"]["torch"] == torch.__version__
+
+
+def test_benchmark_v2_rows_against_torchvision(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    model = create_model("shufflenet_v2_x0_5", num_classes=10).eval()
+    messages: list[str] = []
+    result = bench.benchmark(
+        model,
+        batch_sizes=[1, 2],
+        img_size=32,
+        threads=1,
+        backends=["torch", "onnxruntime"],
+        precisions=["fp32"],
+        min_time_s=0.02,
+        rounds=2,
+        progress=messages.append,
+    )
+    labels = ["torchvision eager", "torch fp32", "onnxruntime fp32"]
+    assert [r.label for r in result.rows] == labels * 2
+    assert [r.batch_size for r in result.rows] == [1, 1, 1, 2, 2, 2]
+    for row in result.rows:
+        assert row.max_abs_diff <= 1e-4 and row.top1_agreement == 1.0
+        assert row.runs >= 5 and row.p10_ms <= row.median_ms <= row.p90_ms
+        assert row.img_per_s == pytest.approx(row.batch_size * 1e3 / row.median_ms)
+        assert row.peak_mem_mib is not None and row.peak_mem_mib > 0
+    baseline = [r for r in result.rows if r.label == "torchvision eager"]
+    assert all(r.speedup_vs_baseline == 1.0 for r in baseline)
+    assert any("building onnxruntime fp32" in m for m in messages)
+    assert result.settings["baseline"] == "torchvision eager"
+
+    data = json.loads(json.dumps(result.to_dict()))
+    assert data["machine"]["threads"] == 1 and len(data["rows"]) == 6
+    png = bench.plot(result, tmp_path / "bench.png")
+    assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 5000
+
+
+def test_benchmark_restores_thread_count() -> None:
+    before = torch.get_num_threads()
+    model = create_model("shufflenet_v1_g3_x0_25", num_classes=5)
+    result = bench.benchmark(
+        model, batch_sizes=[1], img_size=32, threads=2, backends=["torch"], precisions=["fp32"], min_time_s=0.01
+    )
+    assert torch.get_num_threads() == before
+    assert [r.label for r in result.rows] == ["shufflenet eager", "torch fp32"]
+    assert result.machine["threads"] == 2
+
+
+@pytest.mark.parametrize(("batch_sizes", "img_size", "words"), [([0], 32, "batch sizes"), ([1], 16, "img_size")])
+def test_benchmark_bad_arguments(batch_sizes, img_size, words) -> None:
+    with pytest.raises(ValueError, match=words):
+        bench.benchmark(create_model("shufflenet_v2_x0_5"), batch_sizes=batch_sizes, img_size=img_size)
+
+
+def test_cli_bench_v1_table_json_and_plot(tmp_path: Path, capsys) -> None:
+    out_json, out_png = tmp_path / "b.json", tmp_path / "b.png"
+    args = ["bench", "--model", "shufflenet_v1_g3_x0_25", "--img-size", "32", "--batch-sizes", "1,2"]
+    args += ["--backends", "torch", "--precisions", "fp32", "--threads", "1", "--time", "0.02"]
+    args += ["--json", str(out_json), "--plot", str(out_png), "--quiet"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "shufflenet eager" in printed and "torch fp32" in printed and "img/s" in printed
+    data = json.loads(out_json.read_text())
+    assert {r["label"] for r in data["rows"]} == {"shufflenet eager", "torch fp32"}
+    assert data["settings"]["img_size"] == 32 and data["machine"]["cpu"]
+    assert out_png.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_cli_bench_with_checkpoint(tmp_path: Path, capsys) -> None:
+    model = create_model("shufflenet_v2_x0_5", num_classes=3)
+    ckpt = save_checkpoint(tmp_path / "best.pt", make_checkpoint(model, "shufflenet_v2_x0_5", ["a", "b", "c"]))
+    args = ["bench", "--weights", str(ckpt), "--img-size", "32", "--batch-sizes", "1", "--backends", "torch"]
+    assert main([*args, "--precisions", "fp32", "--threads", "1", "--time", "0.02", "--quiet"]) == 0
+    assert "torchvision eager" in capsys.readouterr().out
+    assert main([*args, "--model", "shufflenet_v1_g3_x0_25", "--quiet"]) == 2
+    assert "holds a shufflenet_v2_x0_5" in capsys.readouterr().err
+
+
+def test_cli_bench_errors(capsys) -> None:
+    assert main(["bench", "--model", "shufflenet_v2_x9_9"]) == 2
+    assert "unknown model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--model", "shufflenet_v2_x0_5", "--batch-sizes", "1,zero"])
+    assert "comma-separated integers" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--model", "shufflenet_v2_x0_5", "--backends", "tensorrt"])
+    assert "tensorrt" in capsys.readouterr().err
