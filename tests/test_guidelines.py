@@ -95,7 +95,9 @@ def test_g4_equal_flops_and_elementwise_ops_add_mac(multiplier: int) -> None:
     rows = {spec.name: c for spec, c in counted("G4", "arm", multiplier)}
     width = tables.V2_TABLE4_CHANNELS[0] * multiplier
     assert len({c["flops"] for c in rows.values()}) == 1
-    both, relu, shortcut, neither = (rows[n]["mac"] for n in ("ReLU+shortcut", "ReLU only", "shortcut only", "neither"))
+    both, relu, shortcut, neither = (
+        rows[n]["mac"] for n in ("ReLU+shortcut", "ReLU only", "shortcut only", "no ReLU/shortcut")
+    )
     assert neither < relu < both and neither < shortcut < both
     assert both - neither == (relu - neither) + (shortcut - neither)
     # The shortcut add reads two maps and writes one: 3 * hw * c per block.
@@ -157,7 +159,8 @@ def test_verdicts_follow_the_measurements() -> None:
     result = verdicts({"G1": mixed})["G1"]
     assert (result["verdict"], result["holds"], result["ties"]) == ("partly agrees", 3, 1)
     assert verdicts({"G1": noisy})["G1"]["holds"] < 4  # a 50% spread turns small margins into ties
-    assert "1:1 speed / 1:12 speed" in result["text"]
+    assert "1:1 / 1:12 speed" in result["text"] and result["headline_holds"] == 1
+    assert verdicts({"G1": reverse})["G1"]["headline_holds"] == 0
 
 
 def test_paper_columns_under_the_verdict_rule() -> None:

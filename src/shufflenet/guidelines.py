@@ -56,7 +56,7 @@ G4_ROWS: dict[tuple[bool, bool], str] = {
     (True, True): "ReLU+shortcut",
     (True, False): "ReLU only",
     (False, True): "shortcut only",
-    (False, False): "neither",
+    (False, False): "no ReLU/shortcut",
 }
 G3_ROWS: dict[str, tuple[str, int]] = {  # name -> (arrangement, number of 1x1 convs)
     "1-fragment": ("series", 1),
@@ -77,7 +77,7 @@ CLAIMS: dict[str, list[tuple[str, str]]] = {
         ("1-fragment", "2-fragment-parallel"),
         ("2-fragment-parallel", "4-fragment-parallel"),
     ],
-    "G4": [("neither", "ReLU+shortcut"), ("shortcut only", "ReLU+shortcut"), ("ReLU only", "ReLU+shortcut")],
+    "G4": [("no ReLU/shortcut", "ReLU+shortcut"), ("shortcut only", "ReLU+shortcut"), ("ReLU only", "ReLU+shortcut")],
 }
 
 
@@ -569,6 +569,9 @@ class Verdict:
     reversed: int
     paper_gpu_verdict: str
     paper_arm_verdict: str
+    headline: str = ""  # the first claim, e.g. "1:1 faster than 1:12"
+    headline_holds: int = 0  # at how many multipliers (v1_vs_v2: widths) the headline claim holds
+    headline_total: int = 0
     claims: list[dict[str, Any]] = field(default_factory=list)
     text: str = ""
 
@@ -614,6 +617,14 @@ def verdicts(results: dict[str, Any], tolerance: float = 0.03) -> dict[str, dict
             paper_arm_verdict=_overall([c["paper_arm_status"] for c in claims if c["paper_arm_status"]]),
             claims=claims,
         )
+        heads = _headline_claims(experiment, claims)
+        verdict.headline_holds = sum(c["status"] == "holds" for c in heads)
+        verdict.headline_total = len(heads)
+        verdict.headline = (
+            "v2 faster than v1 (g=3)"
+            if experiment == "v1_vs_v2"
+            else f"{heads[0]['faster']} faster than {heads[0]['slower']}"
+        )
         verdict.text = _verdict_text(verdict)
         out[experiment] = asdict(verdict)
     return out
@@ -623,23 +634,28 @@ def _ratio_text(ratio: float | None) -> str:
     return "-" if ratio is None else f"{ratio:.2f}x"
 
 
+def _headline_claims(experiment: str, claims: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if experiment == "v1_vs_v2" or not claims:
+        return claims  # one claim per width, each a headline
+    first = (claims[0]["faster"], claims[0]["slower"])
+    return [c for c in claims if (c["faster"], c["slower"]) == first]
+
+
 def _verdict_text(v: Verdict) -> str:
-    head = v.claims[0]
-    if v.experiment == "v1_vs_v2":
-        heads, what = v.claims, "v2 speed / v1 speed"  # one claim per width
-    else:
-        # The headline comparison is the first claim, reported at every multiplier.
-        heads = [c for c in v.claims if (c["faster"], c["slower"]) == (head["faster"], head["slower"])]
-        what = f"{head['faster']} speed / {head['slower']} speed"
+    heads = _headline_claims(v.experiment, v.claims)
+    head = heads[0]
+    what = "v2 / v1 speed" if v.experiment == "v1_vs_v2" else f"{head['faster']} / {head['slower']} speed"
+    where = "widths" if v.experiment == "v1_vs_v2" else "multipliers"
     detail = "; ".join(
         f"x{c['multiplier']:g} {_ratio_text(c['ratio'])} (paper GPU {_ratio_text(c['paper_gpu_ratio'])}, "
         f"ARM {_ratio_text(c['paper_arm_ratio'])})"
         for c in heads
     )
     return (
-        f"{v.experiment} ({v.title}): {v.verdict} on this machine - {v.holds}/{len(v.claims)} claims hold, "
-        f"{v.ties} tie, {v.reversed} reversed (paper: GPU {v.paper_gpu_verdict}, ARM {v.paper_arm_verdict}). "
-        f"{what}: {detail}."
+        f"{v.experiment} ({v.title}): {v.verdict} on this machine. Headline ({v.headline}) holds at "
+        f"{v.headline_holds}/{v.headline_total} {where}; all pairwise claims: {v.holds}/"
+        f"{len(v.claims)} hold, {v.ties} tie, {v.reversed} reversed (the paper's own columns under the same rule: "
+        f"GPU {v.paper_gpu_verdict}, ARM {v.paper_arm_verdict}). {what}: {detail}."
     )
 
 
@@ -712,7 +728,8 @@ def plot_results(results: dict[str, Any]) -> Figure:
         ax.axis("off")
     if len(experiments) < len(axes):
         summary = [
-            f"{name}: {v['verdict']} ({v['holds']}/{len(v['claims'])} claims hold, {v['reversed']} reversed)"
+            f"{name}: {v['verdict']}, headline holds {v['headline_holds']}x, "
+            f"{v['holds']}/{len(v['claims'])} claims hold, {v['reversed']} reversed"
             for name, v in results.get("verdicts", {}).items()
         ]
         load = machine.get("loadavg")

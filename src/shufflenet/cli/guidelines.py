@@ -143,7 +143,11 @@ def format_report(results: dict[str, Any]) -> str:
         lines.append(results["verdicts"][experiment]["text"])
     lines.append("\nVerdicts:")
     for experiment, verdict in results["verdicts"].items():
-        lines.append(f"  {experiment:<9} {verdict['verdict']}")
+        lines.append(
+            f"  {experiment:<9} {verdict['verdict']:<14} headline '{verdict['headline']}' holds "
+            f"{verdict['headline_holds']}/{verdict['headline_total']}; pairwise claims {verdict['holds']} hold, "
+            f"{verdict['ties']} tie, {verdict['reversed']} reversed"
+        )
     return "\n".join(lines)
 
 
