@@ -112,7 +112,7 @@ class TrainConfig:
     val_split: float = 0.2
     seed: int = 0
     device: str = "auto"  # auto: cuda, then mps, then cpu
-    amp: str = "auto"  # auto: bf16 (or fp16) on GPUs, bf16 on CPUs with native bf16, else none
+    amp: str = "auto"  # auto: bf16 (fp16 without bf16 support) on CUDA GPUs, float32 elsewhere
     channels_last: bool | None = None  # None: on for CPU and CUDA (much faster depthwise convs there)
     workers: int | None = None  # None: picked for the device
     cache_images: bool | None = None  # keep decoded, resized images in memory (None: when they fit in 2 GiB)
@@ -227,15 +227,13 @@ def _train_in_run_dir(
     amp_dtype = resolve_amp(cfg.amp, device)
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type in ("cpu", "cuda")
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    workers = resolve_workers(cfg.workers, device)
     log.info(
-        "world size %d (%s), device %s, amp %s, channels_last %s, %d loader workers per process",
+        "world size %d (%s), device %s, amp %s, channels_last %s",
         dist.world_size,
         dist.backend or "single process",
         device,
         str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
         channels_last,
-        workers,
     )
     _seed_everything(cfg.seed + dist.rank)
 
@@ -257,8 +255,9 @@ def _train_in_run_dir(
     train_data = _maybe_cache(cfg.cache_images, bundle.train, preprocessing, CACHE_BUDGET // 2)
     val_data = _maybe_cache(cfg.cache_images, bundle.val, preprocessing, CACHE_BUDGET // 2)
     cache = isinstance(train_data, CachedImages)
+    workers = resolve_workers(cfg.workers, device, cached=cache)
     log.info(
-        "data %s (%s layout): %d train and %d val images, %d classes%s%s",
+        "data %s (%s layout): %d train and %d val images, %d classes%s%s, %d loader workers per process",
         cfg.data,
         bundle.layout,
         len(bundle.train),
@@ -266,6 +265,7 @@ def _train_in_run_dir(
         len(class_names),
         f"; skipped {len(bundle.skipped)} unreadable file(s)" if bundle.skipped else "",
         "; decoded images cached in memory" if cache else "",
+        workers,
     )
     train_sampler = _ResumableSampler(
         DistributedSampler(train_data, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=cfg.seed)
@@ -360,6 +360,7 @@ def _train_in_run_dir(
 
     # ---- the loop
     stopped, message = None, ""
+    stop.arm()
     autocast = partial(torch.autocast, device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
     for epoch in range(start_epoch, cfg.epochs):
         first_step = start_step if epoch == start_epoch else 0
@@ -592,36 +593,20 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and _cpu_has_native_bf16():
-        return torch.bfloat16
+    # On CPUs, even with native bf16 (AVX-512 BF16), bf16 autocast measured slower end to end than
+    # float32 with channels_last, and its first epoch pays for new kernels (docs/training.md).
     return None
 
 
-def _cpu_has_native_bf16() -> bool:
-    # Without AVX-512 BF16 or AMX, bf16 on a CPU is emulated and slower than float32.
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and _cpu_flag("avx512_bf16", "amx_bf16")
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def _cpu_flag(*names: str) -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f" {name}" in flags for name in names)
-
-
-def resolve_workers(workers: int | None, device: torch.device) -> int:
-    """DataLoader worker processes: as given, or one per spare core on GPUs (decoding overlaps compute)."""
+def resolve_workers(workers: int | None, device: torch.device, cached: bool = False) -> int:
+    """DataLoader worker processes: as given, else picked for the device and whether images are cached."""
     if workers is not None:
         return workers
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if device.type == "cpu":
-        # On a CPU, loader processes take cores from the model's own threads; with images cached in
-        # memory the main process keeps up (see docs/training.md for the measurements).
-        return 0
+        # Loader processes take cores from the model's own threads; with decoded images cached the main
+        # process keeps up, otherwise a quarter of the cores decode (docs/training.md has the measurements).
+        return 0 if cached else cores // 4
     return max(1, min(8, cores - 1))
 
 
@@ -1191,27 +1176,38 @@ class _Distributed:
 
 
 class _StopRequest:
-    """SIGINT/SIGTERM ask the loop to stop after the current step (a second signal stops at once)."""
+    """SIGINT/SIGTERM, once armed, ask the loop to stop after the current step; a second SIGINT stops at once.
+
+    SIGTERM never aborts: torchrun follows a Ctrl-C with SIGTERM to every rank, and a scheduler's SIGTERM
+    comes with a grace period, which the clean stop fits in.
+    """
 
     def __init__(self) -> None:
         self.count = 0
+        self.interrupts = 0
+        self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, _frame: Any) -> None:
         self.count += 1
-        if self.count > 1:
-            raise KeyboardInterrupt
+        if signum == signal.SIGINT:
+            self.interrupts += 1
+            if self.interrupts > 1:
+                raise KeyboardInterrupt
+
+    def arm(self) -> None:
+        """Catch the signals from now on (before, Ctrl-C interrupts set-up at once)."""
+        if threading.current_thread() is threading.main_thread() and not self._previous:
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        """Restore the previous handlers on exit, if :meth:`arm` was called."""
         try:
             yield
         finally:
-            for sig, handler in previous.items():
+            for sig, handler in self._previous.items():
                 signal.signal(sig, handler)
+            self._previous = {}
 
 
 # --------------------------------------------------------------------------------------------- randomness

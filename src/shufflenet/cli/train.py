@@ -60,7 +60,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
     parser.add_argument("--device", help="auto (default: cuda, mps, cpu), cpu, cuda, cuda:N, mps")
-    parser.add_argument("--amp", choices=AMP_MODES, help="autocast dtype (default auto: where it is faster)")
+    parser.add_argument(
+        "--amp", choices=AMP_MODES, help="autocast dtype (default auto: bf16 on CUDA GPUs, off elsewhere)"
+    )
     parser.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
