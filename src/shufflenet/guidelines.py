@@ -672,7 +672,8 @@ def plot_results(results: dict[str, Any]) -> Figure:
     machine = settings.get("machine", {})
     fig.suptitle(
         f"ShuffleNet V2 guidelines on {machine.get('cpu', '?')} ({settings.get('device', '?')}, "
-        f"{machine.get('torch_threads', '?')} threads, batch {settings.get('batch_size', '?')}): "
+        f"{machine.get('torch_threads', '?')} thread(s){'' if settings.get('mkldnn', True) else ', oneDNN off'}, "
+        f"batch {settings.get('batch_size', '?')}): "
         "throughput relative to the first row; markers = paper (GPU ^, ARM s)"
     )
     for ax, experiment in zip(axes, experiments, strict=False):

@@ -120,7 +120,7 @@ def format_report(results: dict[str, Any]) -> str:
     machine = settings["machine"]
     lines = [
         f"Machine: {machine['cpu']} ({machine['logical_cpus']} logical CPUs), torch {machine['torch']} with "
-        f"{machine['torch_threads']} threads{', GPU ' + machine['gpu'] if machine.get('gpu') else ''}; "
+        f"{machine['torch_threads']} thread(s){', GPU ' + machine['gpu'] if machine.get('gpu') else ''}; "
         f"device {settings['device']}{'' if settings['mkldnn'] else ' (oneDNN off)'}, "
         f"batch {settings['batch_size']}, {settings['repeats']} repeats of "
         f">= {settings['min_time']} s, paper widths: {settings['profile']}; load average "
