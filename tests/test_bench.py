@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +28,11 @@ def test_time_interleaved_collects_samples_for_every_candidate() -> None:
         return fn
 
     x = torch.ones(4, 3, 8, 8)
-    timings = bench.time_interleaved({"a": make("a"), "b": make("b")}, x, min_time_s=0.01, rounds=3, min_runs=6)
+    timings = bench.time_interleaved(
+        {"a": make("a"), "b": make("b")}, x, min_time_s=0.01, rounds=3, min_runs=6, max_others=None
+    )
     for name, timing in timings.items():
-        assert len(timing.samples_ms) >= 6
+        assert len(timing.samples_ms) >= 6 and len(timing.blocks) == 3 and timing.clean
         assert calls[name] == len(timing.samples_ms) + 3  # one untimed call per round
         assert timing.quantile_ms(0.1) <= timing.median_ms <= timing.quantile_ms(0.9)
         assert timing.throughput == pytest.approx(4 * 1e3 / timing.median_ms)
@@ -41,6 +44,29 @@ def test_timing_quantiles_interpolate() -> None:
     assert timing.quantile_ms(0.0) == 1.0 and timing.quantile_ms(1.0) == 4.0
     assert timing.quantile_ms(0.5) == 2.5
     assert timing.throughput == pytest.approx(800.0)
+
+
+def test_samples_of_busy_blocks_are_left_out_while_enough_quiet_ones_remain() -> None:
+    timing = bench.Timing(blocks=[([1.0, 1.1], 0.0), ([5.0], 0.5), ([1.2], 0.05)])
+    timing.select(0.1)
+    assert timing.samples_ms == [1.0, 1.1, 1.2] and timing.clean
+    assert timing.others_cpu == pytest.approx(0.55 / 3)
+    busy = bench.Timing(blocks=[([1.0], 0.0), ([5.0], 0.5), ([6.0], 0.4), ([7.0], 0.3)])
+    busy.select(0.1)  # one quiet block of four: too few to trust, keep everything and say so
+    assert busy.samples_ms == [1.0, 5.0, 6.0, 7.0] and not busy.clean
+    busy.select(None)
+    assert busy.samples_ms == [1.0, 5.0, 6.0, 7.0] and busy.clean
+    assert busy.min_ms == 1.0
+
+
+def test_load_probe_does_not_count_this_process() -> None:
+    if bench._system_jiffies() is None:
+        pytest.skip("needs Linux /proc")
+    with bench.LoadProbe() as probe:
+        end = time.perf_counter() + 0.3
+        while time.perf_counter() < end:
+            pass
+    assert probe.others is not None and 0.0 <= probe.others <= 1.0
 
 
 def test_peak_memory_sees_a_large_allocation() -> None:
@@ -72,6 +98,7 @@ def test_benchmark_v2_rows_against_torchvision(tmp_path: Path) -> None:
         precisions=["fp32"],
         min_time_s=0.02,
         rounds=2,
+        max_others=None,
         progress=messages.append,
     )
     labels = ["torchvision eager", "torch fp32", "onnxruntime fp32"]

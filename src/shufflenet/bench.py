@@ -112,17 +112,68 @@ class PeakMemory:
 # --------------------------------------------------------------------------------------------------
 
 
+def _system_jiffies() -> tuple[int, int] | None:
+    """(busy, total) CPU time of the whole machine in clock ticks, from /proc/stat."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    total = sum(fields[:8])
+    return total - idle, total
+
+
+def _own_jiffies() -> int | None:
+    """User + system CPU time of this process (all threads) in clock ticks."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[11]) + int(fields[12])
+
+
+class LoadProbe:
+    """Share of the machine's CPU used by *other* processes during a ``with`` block (Linux; else None)."""
+
+    def __init__(self) -> None:
+        self.others: float | None = None
+
+    def __enter__(self) -> LoadProbe:
+        self._system, self._own = _system_jiffies(), _own_jiffies()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        system, own = _system_jiffies(), _own_jiffies()
+        if None in (system, own, self._system, self._own):
+            return
+        total = system[1] - self._system[1]
+        if total > 0:
+            self.others = max(0.0, (system[0] - self._system[0]) - (own - self._own)) / total
+
+
 @dataclass
 class Timing:
-    """Latency samples of one candidate at one input shape (milliseconds per call)."""
+    """Latency samples of one candidate at one input shape (milliseconds per call).
+
+    ``samples_ms`` are the samples the statistics use: those of blocks during which other processes
+    used at most ``max_others`` of the machine's CPU, when at least a third of the blocks were that
+    quiet; otherwise every sample (and ``clean`` is False).
+    """
 
     samples_ms: list[float] = field(default_factory=list)
     batch_size: int = 1
+    blocks: list[tuple[list[float], float | None]] = field(default_factory=list)
+    clean: bool = True
 
     @property
     def median_ms(self) -> float:
         """Median latency."""
         return statistics.median(self.samples_ms)
+
+    @property
+    def min_ms(self) -> float:
+        """Fastest call (the least disturbed by other processes)."""
+        return min(self.samples_ms)
 
     def quantile_ms(self, q: float) -> float:
         """Latency quantile ``q`` in [0, 1] (linear interpolation)."""
@@ -137,6 +188,25 @@ class Timing:
         """Images per second at the median latency."""
         return self.batch_size * 1e3 / self.median_ms
 
+    @property
+    def others_cpu(self) -> float | None:
+        """Mean share of the machine's CPU other processes used during this candidate's blocks."""
+        shares = [share for _, share in self.blocks if share is not None]
+        return sum(shares) / len(shares) if shares else None
+
+    def select(self, max_others: float | None) -> None:
+        """Keep the samples of quiet blocks (see the class docstring)."""
+        everything = [t for samples, _ in self.blocks for t in samples]
+        quiet = [
+            samples for samples, share in self.blocks if share is None or max_others is None or share <= max_others
+        ]
+        if max_others is None or 3 * len(quiet) >= len(self.blocks):
+            self.samples_ms = [t for samples in quiet for t in samples]
+            self.clean = True
+        else:
+            self.samples_ms = everything
+            self.clean = False
+
 
 def time_interleaved(
     candidates: Mapping[str, Callable[[Tensor], Any]],
@@ -146,23 +216,30 @@ def time_interleaved(
     rounds: int = 5,
     min_runs: int = 5,
     max_runs: int = 500,
+    max_others: float | None = 0.1,
 ) -> dict[str, Timing]:
-    """Time every candidate on ``x`` in ``rounds`` interleaved blocks; about ``min_time_s`` each in total."""
+    """Time every candidate on ``x`` in ``rounds`` interleaved blocks; about ``min_time_s`` each in total.
+
+    Blocks during which other processes took more than ``max_others`` of the machine's CPU are left
+    out of the statistics when enough quiet blocks remain (None keeps everything).
+    """
     timings = {name: Timing(batch_size=x.shape[0]) for name in candidates}
     budget = min_time_s / rounds
     per_round_min = max(1, -(-min_runs // rounds))
     per_round_max = max(1, max_runs // rounds)
     for _ in range(rounds):
         for name, fn in candidates.items():
-            timing = timings[name]
             fn(x)
-            end = time.perf_counter() + budget
-            runs = 0
-            while runs < per_round_min or (time.perf_counter() < end and runs < per_round_max):
-                start = time.perf_counter()
-                fn(x)
-                timing.samples_ms.append((time.perf_counter() - start) * 1e3)
-                runs += 1
+            samples: list[float] = []
+            with LoadProbe() as probe:
+                end = time.perf_counter() + budget
+                while len(samples) < per_round_min or (time.perf_counter() < end and len(samples) < per_round_max):
+                    start = time.perf_counter()
+                    fn(x)
+                    samples.append((time.perf_counter() - start) * 1e3)
+            timings[name].blocks.append((samples, probe.others))
+    for timing in timings.values():
+        timing.select(max_others)
     return timings
 
 
@@ -183,9 +260,12 @@ class BenchRow:
     img_size: int
     threads: int
     median_ms: float
+    min_ms: float
     p10_ms: float
     p90_ms: float
     runs: int
+    others_cpu: float | None
+    clean: bool
     img_per_s: float
     peak_mem_mib: float | None
     mem_growth_mib: float | None
@@ -321,14 +401,16 @@ def benchmark(
     calibration_data: Iterable[Tensor] | None = None,
     torch_compile: bool = False,
     min_time_s: float = 2.0,
-    rounds: int = 5,
+    rounds: int = 8,
+    max_others: float | None = 0.1,
     progress: Progress | None = None,
 ) -> BenchResult:
     """Benchmark every available backend/precision of ``model`` beside torchvision eager (v2) in this process.
 
-    Sets ``torch.set_num_threads(threads)`` for the run and restores it afterwards. Agreement columns
-    compare each candidate's logits on one random batch with torchvision's eager model (v2 widths it has)
-    or our eager model; with random weights only max|diff| means much.
+    Timing blocks during which other processes used more than ``max_others`` of the CPU are dropped
+    (see :func:`time_interleaved`). Sets ``torch.set_num_threads(threads)`` for the run and restores it
+    afterwards. Agreement columns compare each candidate's logits on one random batch with torchvision's
+    eager model (v2 widths it has) or our eager model; with random weights only max|diff| means much.
     """
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
         raise ValueError(f"batch sizes must be integers >= 1, got {list(batch_sizes)}")
@@ -351,6 +433,7 @@ def benchmark(
             torch_compile,
             min_time_s,
             rounds,
+            max_others,
             progress,
         )
     finally:
@@ -370,6 +453,7 @@ def _benchmark(
     torch_compile: bool,
     min_time_s: float,
     rounds: int,
+    max_others: float | None,
     progress: Progress | None,
 ) -> BenchResult:
     # Agreement is judged against torchvision's model when there is one (the issue's yardstick).
@@ -410,7 +494,7 @@ def _benchmark(
             agreement[label] = deploy.agreement(ref_logits, logits.float())
         if progress:
             progress(f"timing batch {batch} at {img_size}x{img_size}: {len(candidates)} candidates")
-        timings = time_interleaved(candidates, x, min_time_s=min_time_s, rounds=rounds)
+        timings = time_interleaved(candidates, x, min_time_s=min_time_s, rounds=rounds, max_others=max_others)
         batch_rows = []
         for label, timing in timings.items():
             backend, precision = kinds[label]
@@ -424,9 +508,12 @@ def _benchmark(
                     img_size=img_size,
                     threads=threads,
                     median_ms=timing.median_ms,
+                    min_ms=timing.min_ms,
                     p10_ms=timing.quantile_ms(0.1),
                     p90_ms=timing.quantile_ms(0.9),
                     runs=len(timing.samples_ms),
+                    others_cpu=timing.others_cpu,
+                    clean=timing.clean,
                     img_per_s=timing.throughput,
                     peak_mem_mib=memory[label].peak_mib,
                     mem_growth_mib=memory[label].growth_mib,
@@ -444,6 +531,7 @@ def _benchmark(
         "baseline": baseline_label,
         "min_time_s_per_candidate": min_time_s,
         "rounds": rounds,
+        "max_others_cpu": max_others,
         "calibration": "given" if calibration_data is not None else "random (speed only)",
         "reference": "torchvision eager" if twin is not None else "shufflenet eager",
     }
@@ -470,12 +558,14 @@ TABLE_COLUMNS = [
     ("batch_size", "batch"),
     ("median_ms", "median ms"),
     ("spread", "p10-p90 ms"),
+    ("min_ms", "min ms"),
     ("img_per_s", "img/s"),
     ("speedup_vs_baseline", "x baseline"),
     ("speedup_vs_fp32_best", "x fp32 best"),
     ("mem_growth_mib", "peak +MiB"),
     ("max_abs_diff", "max|diff|"),
     ("top1_agreement", "top1 agree"),
+    ("others", "others CPU"),
 ]
 
 
@@ -486,6 +576,8 @@ def table_rows(result: BenchResult) -> list[dict[str, Any]]:
         data = asdict(row)
         data["spread"] = f"{row.p10_ms:.2f}-{row.p90_ms:.2f}"
         data["max_abs_diff"] = f"{row.max_abs_diff:.1e}" if row.max_abs_diff is not None else None
+        if row.others_cpu is not None:
+            data["others"] = f"{row.others_cpu:.0%}" + ("" if row.clean else " (!)")
         out.append(data)
     return out
 

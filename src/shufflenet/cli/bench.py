@@ -107,6 +107,10 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(bench.table_rows(result), bench.TABLE_COLUMNS))
     print(f"\nbaseline: {result.settings['baseline']}; median latency over interleaved rounds; p10-p90 is the spread.")
     print("peak +MiB: resident-memory growth during the first run at that batch size (a lower bound).")
+    print(
+        "others CPU: share of the machine other processes used while a candidate was timed; blocks above 10% "
+        "are left out when enough quiet ones remain, else every sample counts and the row is marked (!)."
+    )
     for label, why in result.skipped.items():
         print(f"skipped {label}: {why}")
     if args.plot:
