@@ -6,12 +6,15 @@ loop: torchvision's model, NCHW float32, torchvision ImageFolder + PIL decoding 
 workers). Ours is ``shufflenet.train`` with its defaults (on a CPU: channels_last, float32, decoded images
 cached in memory, no loader workers); the other rows switch one of those off.
 
-All run in this one process and are interleaved: each round trains one more epoch of every configuration
-(ours continues its run with --resume), in a rotating order, so that a busy machine slows all of them alike.
-Printed: median train img/s (data loading included) and epoch wall time (train + val) over the rounds after
-the first, and the val accuracy after the last round.
+All run in this one process: each block trains every configuration for --epochs epochs (a whole run, set-up
+included), in a rotating order, and the blocks repeat, so a machine that gets busier or quieter affects all
+configurations alike. Printed: median train img/s (data loading included) and epoch wall time (train + val)
+over all epochs but each run's first, and the val accuracy of each configuration's last run.
 
-    .venv/bin/python benchmarks/train_throughput.py [--rounds 4] [--data PATH] [--only baseline,ours,...]
+    .venv/bin/python benchmarks/train_throughput.py [--epochs 3] [--blocks 2] [--threads N] [--only baseline,ours,...]
+
+On a machine that other jobs keep busy, two OpenMP threads per process stall each other (see
+docs/training.md); ``--threads 1`` measures all configurations under the same, stable setting.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import statistics
 import tempfile
 import time
@@ -56,6 +58,9 @@ class Baseline:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4)
         self.loss_fn = nn.CrossEntropyLoss()
 
+    def run(self, epochs: int) -> list[dict]:
+        return [self.epoch() for _ in range(epochs)]
+
     def epoch(self) -> dict:
         start = time.perf_counter()
         self.model.train()
@@ -80,18 +85,14 @@ class Baseline:
 
 
 class Ours:
-    """``shufflenet.train`` with its defaults plus ``options``; each call trains one more epoch (--resume)."""
+    """``shufflenet.train`` with its defaults plus ``options``."""
 
     def __init__(self, data: Path, **options: object) -> None:
         self.data, self.options = data, options
-        self.out = Path(tempfile.mkdtemp(prefix="bench_train_")) / "run"
-        self.epochs = 0
 
-    def epoch(self) -> dict:
-        self.epochs += 1
-        resume = {"resume": True} if self.epochs > 1 else {"data": str(self.data)}
-        result = shufflenet.train(out=str(self.out), epochs=self.epochs, **resume, **self.options)
-        return result.history[-1]
+    def run(self, epochs: int) -> list[dict]:
+        with tempfile.TemporaryDirectory(prefix="bench_train_") as out:
+            return shufflenet.train(data=str(self.data), out=out + "/run", epochs=epochs, **self.options).history
 
 
 CONFIGS = {
@@ -108,44 +109,46 @@ CONFIGS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--rounds", type=int, default=4, help="epochs of each configuration (default 4)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per run (default 3)")
+    parser.add_argument("--blocks", type=int, default=2, help="runs of each configuration (default 2)")
+    parser.add_argument("--threads", type=int, help="torch threads for every configuration (default: torch's)")
     parser.add_argument("--only", default=",".join(CONFIGS), help="comma-separated: " + ", ".join(CONFIGS))
     args = parser.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"{args.data} is not present")
     logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     names = args.only.split(",")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
-    runners = {name: CONFIGS[name][1](args.data) for name in names}
-    rows: dict[str, list[dict]] = {name: [] for name in names}
+    speeds: dict[str, list[float]] = {name: [] for name in names}
+    epoch_seconds: dict[str, list[float]] = {name: [] for name in names}
+    accuracy: dict[str, float] = {}
     loads = []
-    for round_index in range(args.rounds):
-        order = names[round_index % len(names) :] + names[: round_index % len(names)]
+    for block in range(args.blocks):
+        order = names[block % len(names) :] + names[: block % len(names)]
         for name in order:
-            rows[name].append(runners[name].epoch())
-        loads.append(os.getloadavg()[0])
-        summary = ", ".join(f"{n} {rows[n][-1]['train_img_per_s']:.1f}" for n in names)
-        print(f"round {round_index + 1}: train img/s {summary}; load {loads[-1]:.2f}", flush=True)
-
-    def median(name: str, key: str) -> float:
-        later = rows[name][1:] or rows[name]
-        return statistics.median(r[key] for r in later)
+            rows = CONFIGS[name][1](args.data).run(args.epochs)
+            later = rows[1:] or rows
+            speeds[name] += [r["train_img_per_s"] for r in later]
+            epoch_seconds[name] += [r["epoch_seconds"] for r in later]
+            accuracy[name] = rows[-1]["val_acc"]
+            loads.append(os.getloadavg()[0])
+            print(f"block {block + 1} {name}: {[round(r['train_img_per_s'], 1) for r in rows]} img/s", flush=True)
 
     # Ratios are against the faster of the seed loops measured.
     seeds = [n for n in names if n.startswith("baseline")] or names[:1]
-    reference = max(seeds, key=lambda n: median(n, "train_img_per_s"))
-    print(f"\nload average (1 min) after each round: {', '.join(f'{x:.2f}' for x in loads)}")
-    print(f"\n| configuration | train img/s | x {reference} | epoch s | val acc after {args.rounds} epochs |")
+    reference = max(seeds, key=lambda n: statistics.median(speeds[n]))
+    base = statistics.median(speeds[reference])
+    print(f"\nload average (1 min) after each run: {', '.join(f'{x:.2f}' for x in loads)}")
+    print(f"\n| configuration | train img/s | x {reference} | epoch s | val acc after {args.epochs} epochs |")
     print("|---|---:|---:|---:|---:|")
     for name in names:
-        speed = median(name, "train_img_per_s")
+        speed = statistics.median(speeds[name])
         print(
-            f"| {CONFIGS[name][0]} | {speed:.1f} | {speed / median(reference, 'train_img_per_s'):.2f} | "
-            f"{median(name, 'epoch_seconds'):.1f} | {rows[name][-1]['val_acc']:.3f} |"
+            f"| {CONFIGS[name][0]} | {speed:.1f} | {speed / base:.2f} | "
+            f"{statistics.median(epoch_seconds[name]):.1f} | {accuracy[name]:.3f} |"
         )
-    for runner in runners.values():
-        if isinstance(runner, Ours):
-            shutil.rmtree(runner.out.parent, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -91,7 +91,9 @@ def test_checkpoints_are_self_describing_and_safe(image_tree: Path, tmp_path: Pa
 def test_resume_matches_an_uninterrupted_run(image_tree: Path, tmp_path: Path) -> None:
     straight = shufflenet.train(data=str(image_tree), out=str(tmp_path / "a"), epochs=2, **TINY)
     shufflenet.train(data=str(image_tree), out=str(tmp_path / "b"), epochs=1, **TINY)
-    resumed = shufflenet.train(out=str(tmp_path / "b"), resume=True, epochs=2, workers=0)
+    # A resumed run keeps its own options: lr=0.5 is ignored (with a warning), so the weights still match.
+    resumed = shufflenet.train(out=str(tmp_path / "b"), resume=True, epochs=2, workers=0, lr=0.5)
+    assert "ignoring lr=0.5" in (tmp_path / "b" / "train.log").read_text()
     assert [row["epoch"] for row in resumed.history] == [1, 2]
     assert len(read_rows(tmp_path / "b" / "metrics.csv")) == 2
     a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["state_dict"]
@@ -132,23 +134,24 @@ def test_signal_mid_epoch_leaves_a_last_pt_that_resume_finishes(
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(
     image_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = engine.train_transform
+    real = engine.batch_normalizer
     calls = {"n": 0}
 
     def poisoned(*args: object, **kwargs: object):
-        transform = real(*args, **kwargs)
+        normalize = real(*args, **kwargs)
 
-        def apply(image: object) -> torch.Tensor:
+        def apply(images: torch.Tensor) -> torch.Tensor:
             calls["n"] += 1
-            out = transform(image)
-            return out * float("nan") if calls["n"] > 26 else out  # the second epoch sees NaN pixels
+            out = normalize(images)
+            # 4 training + 1 validation batches per epoch: the second epoch's third batch turns NaN.
+            return out * float("nan") if calls["n"] == 8 else out
 
         return apply
 
-    monkeypatch.setattr(engine, "train_transform", poisoned)
+    monkeypatch.setattr(engine, "batch_normalizer", poisoned)
     run = tmp_path / "run"
     result = shufflenet.train(data=str(image_tree), out=str(run), epochs=3, **TINY)
-    assert result.stopped == "diverged" and "nan" in result.message and "--lr" in result.message
+    assert result.stopped == "diverged" and "nan" in result.message and "epoch 2, step 3" in result.message
     assert len(result.history) == 1
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
     assert torch.load(run / "best.pt", weights_only=True)["epoch"] == 1
@@ -278,3 +281,20 @@ def test_predict_ranks_classes_and_skips_bad_files(image_tree: Path, tmp_path: P
     logits = model(Preprocessing.for_size(32).eval_transform()(Image.open(folder / "red.jpg"))[None])
     red = next(p for p in result.predictions if p.path.name == "red.jpg")
     assert red.probability == pytest.approx(logits.softmax(1).max().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "preprocessing",
+    [Preprocessing.for_size(32), Preprocessing.for_size(32, mean=(0.0,) * 3, std=(1.0,) * 3, pixel_scale=255.0,
+                                                         channel_order="BGR")],
+)  # fmt: skip
+def test_uint8_batches_match_the_per_image_transform(image_tree: Path, preprocessing: Preprocessing) -> None:
+    images = [Image.open(p).convert("RGB") for p in sorted((image_tree / "val" / "cat").glob("*.jpg"))]
+    reference = torch.stack([preprocessing.eval_transform()(im) for im in images])
+    batch = torch.stack([engine.eval_transform(preprocessing)(im) for im in images])
+    assert batch.dtype == torch.uint8
+    normalized = engine.batch_normalizer(preprocessing)(batch.contiguous(memory_format=torch.channels_last))
+    assert normalized.is_contiguous(memory_format=torch.channels_last)
+    # Resizing uint8 rounds to whole pixel values: within one grey level of the float pipeline.
+    one_level = preprocessing.pixel_scale / 255 / min(preprocessing.std)
+    assert torch.allclose(normalized, reference, atol=1.01 * one_level)

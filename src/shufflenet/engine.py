@@ -85,7 +85,7 @@ RUN_FILES = (
 SPLIT_FILE = "split.json"
 CACHE_BUDGET = 2 * 1024**3  # bytes of decoded images kept in memory when cache_images is None
 # Options that may change when a run is resumed; the others define the run and are kept from last.pt.
-RUNTIME_OPTIONS = ("data", "out", "epochs", "device", "amp", "channels_last", "workers", "progress", "resume")
+RUNTIME_OPTIONS = ("data", "out", "epochs", "device", "amp", "channels_last", "workers", "threads", "progress")
 
 
 @dataclass
@@ -115,6 +115,7 @@ class TrainConfig:
     amp: str = "auto"  # auto: bf16 (fp16 without bf16 support) on CUDA GPUs, float32 elsewhere
     channels_last: bool | None = None  # None: on for CPU and CUDA (much faster depthwise convs there)
     workers: int | None = None  # None: picked for the device
+    threads: int | None = None  # PyTorch CPU threads (None: its default, one per core); 1 on a busy machine
     cache_images: bool | None = None  # keep decoded, resized images in memory (None: when they fit in 2 GiB)
     resume: bool = False
     overwrite: bool = False
@@ -141,6 +142,8 @@ class TrainConfig:
             raise ValueError("warmup_epochs and weight_decay must be >= 0")
         if self.workers is not None and self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
         if not self.out:
             raise ValueError("no run folder given: pass --out RUN (e.g. runs/exp1)")
         if self.resume and self.overwrite:
@@ -199,10 +202,10 @@ def train(config: TrainConfig | None = None, /, **options: Any) -> TrainResult:
 def _train(cfg: TrainConfig, explicit: set[str], dist: _Distributed, stop: _StopRequest) -> TrainResult:
     # ---- run folder: checked by every rank before rank 0 writes into it
     run_dir = Path(cfg.out)
-    resume_from = None
+    resume_from, ignored = None, []
     if cfg.resume:
         resume_from = _read_last_checkpoint(run_dir)
-        cfg = _resumed_config(resume_from, cfg, explicit)
+        cfg, ignored = _resumed_config(resume_from, cfg, explicit)
     else:
         _check_new_run_dir(run_dir, cfg.overwrite)
     if cfg.data is None:
@@ -211,8 +214,16 @@ def _train(cfg: TrainConfig, explicit: set[str], dist: _Distributed, stop: _Stop
     dist.barrier()
     if dist.is_main:
         _prepare_run_dir(run_dir, clean=cfg.overwrite)
-    with _log_to_file(run_dir / "train.log" if dist.is_main else None):
-        return _train_in_run_dir(cfg, run_dir, resume_from, split_existed, dist, stop)
+    threads = torch.get_num_threads()
+    try:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        with _log_to_file(run_dir / "train.log" if dist.is_main else None):
+            for message in ignored:
+                log.warning(message)
+            return _train_in_run_dir(cfg, run_dir, resume_from, split_existed, dist, stop)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _train_in_run_dir(
@@ -228,12 +239,13 @@ def _train_in_run_dir(
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type in ("cpu", "cuda")
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     log.info(
-        "world size %d (%s), device %s, amp %s, channels_last %s",
+        "world size %d (%s), device %s, amp %s, channels_last %s, %d CPU threads",
         dist.world_size,
         dist.backend or "single process",
         device,
         str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
         channels_last,
+        torch.get_num_threads(),
     )
     _seed_everything(cfg.seed + dist.rank)
 
@@ -251,6 +263,8 @@ def _train_in_run_dir(
     )
     class_names = bundle.class_names
     bundle.train.transform = train_transform(preprocessing, cfg.crop_scale, cfg.hflip)
+    bundle.val.transform = eval_transform(preprocessing)
+    normalize = batch_normalizer(preprocessing)
     # Half the budget each: the auto cache is for datasets that fit in memory many times over.
     train_data = _maybe_cache(cfg.cache_images, bundle.train, preprocessing, CACHE_BUDGET // 2)
     val_data = _maybe_cache(cfg.cache_images, bundle.val, preprocessing, CACHE_BUDGET // 2)
@@ -372,7 +386,7 @@ def _train_in_run_dir(
         step, lr = first_step, optimizer.param_groups[0]["lr"]
         bar = _progress(steps_per_epoch, first_step, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and dist.is_main)
         for images, targets in train_loader:
-            images = images.to(device, non_blocking=True, memory_format=memory_format)
+            images = normalize(images.to(device, non_blocking=True, memory_format=memory_format))
             targets = targets.to(device, non_blocking=True)
             with autocast():
                 logits = model(images)
@@ -428,7 +442,7 @@ def _train_in_run_dir(
         # ---- validation (each rank a shard, summed), metrics, checkpoints
         train_loss, train_correct, train_count = dist.sum(sums).tolist()
         dist.broadcast_buffers(raw_model)  # validate (and save) rank 0's BatchNorm statistics on every rank
-        val = _evaluate_shards(raw_model, val_loader, class_names, device, amp_dtype, memory_format, dist)
+        val = _evaluate_shards(raw_model, val_loader, class_names, device, amp_dtype, memory_format, normalize, dist)
         epoch_seconds = seconds_before + time.perf_counter() - started
         row = {
             "epoch": epoch + 1,
@@ -485,7 +499,13 @@ def _train_in_run_dir(
             raw_model.load_state_dict(load_checkpoint(run_dir / "best.pt")["state_dict"])
             full_val = DataLoader(val_data, batch_size=cfg.batch_size, **loader_options)
             result = evaluate(
-                raw_model, full_val, class_names, device=device, amp=amp_dtype, channels_last=channels_last
+                raw_model,
+                full_val,
+                class_names,
+                device=device,
+                amp=amp_dtype,
+                channels_last=channels_last,
+                batch_transform=normalize,
             )
             write_confusion(result, run_dir)
     if stopped == "diverged":
@@ -505,17 +525,59 @@ def _train_in_run_dir(
 
 
 def train_transform(preprocessing: Preprocessing, crop_scale: float = 0.08, hflip: bool = True) -> T.Transform:
-    """The training augmentation: RandomResizedCrop(scale=(crop_scale, 1)) and optional horizontal flip."""
-    if crop_scale == 0.08 and hflip:
-        return preprocessing.train_transform()
+    """Training augmentation to a uint8 tensor: RandomResizedCrop(scale=(crop_scale, 1)), optional flip.
+
+    Images stay uint8 until :func:`batch_normalizer` turns whole batches into the model's input: converting
+    and normalising image by image costs more than decoding a photo (docs/training.md).
+    """
     steps: list[T.Transform] = [
         T.ToImage(),
-        T.RandomResizedCrop(preprocessing.crop_size, scale=(crop_scale, 1.0), antialias=True),
+        T.RandomResizedCrop(
+            preprocessing.crop_size,
+            scale=(crop_scale, 1.0),
+            interpolation=T.InterpolationMode(preprocessing.interpolation),
+            antialias=True,
+        ),
     ]
     if hflip:
         steps.append(T.RandomHorizontalFlip())
-    steps += [T.ToDtype(torch.float32, scale=True), preprocessing.normalize()]
     return T.Compose(steps)
+
+
+def eval_transform(preprocessing: Preprocessing) -> T.Transform:
+    """Validation resize + centre crop to a uint8 tensor (normalised per batch by :func:`batch_normalizer`)."""
+    return T.Compose(
+        [
+            T.ToImage(),
+            T.Resize(
+                preprocessing.resize_size,
+                interpolation=T.InterpolationMode(preprocessing.interpolation),
+                antialias=True,
+            ),
+            T.CenterCrop(preprocessing.crop_size),
+        ]
+    )
+
+
+def batch_normalizer(preprocessing: Preprocessing) -> Callable[[Tensor], Tensor]:
+    """uint8 NCHW batch -> the model's float input, as ``preprocessing.normalize()`` does for one image.
+
+    One multiply-add per element on the whole batch; the memory format of the batch is kept.
+    """
+    std = torch.tensor(preprocessing.std, dtype=torch.float32).view(1, 3, 1, 1)
+    mean = torch.tensor(preprocessing.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    scale, shift = preprocessing.pixel_scale / (255.0 * std), -mean / std
+    flip = preprocessing.channel_order == "BGR"
+
+    def normalize(images: Tensor) -> Tensor:
+        if images.is_floating_point():
+            raise TypeError("batch_normalizer expects uint8 images (0-255), got floats")
+        if flip:
+            images = images.flip(1)
+        a, b = scale.to(images.device), shift.to(images.device)
+        return torch.addcmul(b, images.float(), a)
+
+    return normalize
 
 
 def set_train_mode(model: nn.Module, freeze_backbone: bool = False) -> None:
@@ -742,10 +804,12 @@ def evaluate(
     channels_last: bool = False,
     workers: int = 0,
     progress: bool = False,
+    batch_transform: Callable[[Tensor], Tensor] | None = None,
 ) -> EvalResult:
     """Top-1, top-5, loss, per-class precision/recall and confusion matrix of ``model`` on labelled ``data``.
 
     ``model`` may be any callable from an NCHW float batch to logits (e.g. a compiled/exported model).
+    ``batch_transform`` is applied to each batch on ``device`` (e.g. :func:`batch_normalizer` for uint8 data).
     """
     names = list(class_names if class_names is not None else getattr(model, "class_names", None) or [])
     if not names:
@@ -753,7 +817,7 @@ def evaluate(
     device = torch.device(device)
     loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size, num_workers=workers)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    sums, confusion = _eval_sums(model, loader, len(names), device, amp, memory_format, progress)
+    sums, confusion = _eval_sums(model, loader, len(names), device, amp, memory_format, batch_transform, progress)
     return _eval_result(sums, confusion, names)
 
 
@@ -764,9 +828,10 @@ def _evaluate_shards(
     device: torch.device,
     amp: torch.dtype | None,
     memory_format: torch.memory_format,
+    batch_transform: Callable[[Tensor], Tensor],
     dist: _Distributed,
 ) -> EvalResult:
-    sums, confusion = _eval_sums(model, loader, len(class_names), device, amp, memory_format, False)
+    sums, confusion = _eval_sums(model, loader, len(class_names), device, amp, memory_format, batch_transform, False)
     return _eval_result(dist.sum(sums), dist.sum(confusion), class_names)
 
 
@@ -777,6 +842,7 @@ def _eval_sums(
     device: torch.device,
     amp: torch.dtype | None,
     memory_format: torch.memory_format,
+    batch_transform: Callable[[Tensor], Tensor] | None,
     progress: bool,
 ) -> tuple[Tensor, Tensor]:
     """(loss sum, top-1 hits, top-k hits, count) and the confusion matrix, for summing across processes."""
@@ -789,6 +855,8 @@ def _eval_sums(
     with torch.inference_mode():
         for images, targets in loader:
             images = images.to(device, memory_format=memory_format)
+            if batch_transform is not None:
+                images = batch_transform(images)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 logits = torch.as_tensor(model(images))
             logits, targets = logits.float().cpu(), targets.cpu()
@@ -1000,18 +1068,20 @@ def _read_last_checkpoint(run_dir: Path) -> dict[str, Any]:
     return checkpoint
 
 
-def _resumed_config(checkpoint: dict[str, Any], cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
-    """The run's own options from last.pt, with the runtime options (epochs, device, …) the caller gave."""
+def _resumed_config(checkpoint: dict[str, Any], cfg: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, list[str]]:
+    """The run's own options from last.pt with the runtime options (epochs, device, …) the caller gave,
+    and a message for each other option given that differs (it is ignored)."""
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     resumed = TrainConfig(**{k: v for k, v in checkpoint["config"].items() if k in known})
+    ignored = []
     for key in sorted(explicit):
-        value = getattr(cfg, key)
+        value, own = getattr(cfg, key), getattr(resumed, key)
         if key in RUNTIME_OPTIONS:
             setattr(resumed, key, value)
-        elif key != "overwrite" and value != getattr(resumed, key):
-            log.warning("ignoring %s=%r: a resumed run keeps its own %s=%r", key, value, key, getattr(resumed, key))
+        elif key not in ("resume", "overwrite") and value != own:
+            ignored.append(f"ignoring {key}={value!r}: a resumed run keeps its own {key}={own!r}")
     resumed.out, resumed.resume = cfg.out, True
-    return resumed.validate()
+    return resumed.validate(), ignored
 
 
 def _check_same_classes(checkpoint: dict[str, Any], class_names: list[str], path: Path, data: str) -> None:
@@ -1046,6 +1116,7 @@ def _write_run_info(
             "amp": str(amp).replace("torch.", "") if amp else None,
             "channels_last": channels_last,
             "workers": workers,
+            "threads": torch.get_num_threads(),
             "num_classes": len(class_names),
             "train_images": len(bundle.train),
             "val_images": len(bundle.val),

@@ -71,6 +71,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--workers", type=int, help="data-loading processes (default: 0 on CPU, cores-1 on GPU)")
     parser.add_argument(
+        "--threads", type=int, help="PyTorch CPU threads (default: one per core; 1 is faster on a busy machine)"
+    )
+    parser.add_argument(
         "--cache-images",
         action=argparse.BooleanOptionalAction,
         default=None,
