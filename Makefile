@@ -21,7 +21,7 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/shufflenet models
+	$(BIN)/shufflenet demo
 
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks hubconf.py

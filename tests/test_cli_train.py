@@ -155,3 +155,38 @@ def test_demo_runs_offline_and_writes_a_run_folder(tmp_path: Path, capsys: pytes
     assert (out / "predictions.png").is_file()
     # Running it again replaces the run (no "already exists" error) and reuses the written images.
     assert main(["demo", "--out", str(out), "--epochs", "1", "--quiet"]) == 0
+
+
+def test_ctrl_c_exits_130_and_resume_finishes(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import signal
+
+    from shufflenet import engine
+
+    data, _ = trained
+    real = engine.train_transform
+    calls = {"n": 0}
+
+    def interrupting(*args: object, **kwargs: object):
+        transform = real(*args, **kwargs)
+
+        def apply(image: object) -> torch.Tensor:
+            calls["n"] += 1
+            if calls["n"] == 10:  # the user presses Ctrl-C during the second batch
+                os.kill(os.getpid(), signal.SIGINT)
+            return transform(image)
+
+        return apply
+
+    monkeypatch.setattr(engine, "train_transform", interrupting)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), "--epochs", "2", *TINY]) == 130
+    line = error_line(capsys)
+    assert "stopped by a signal at epoch 1, step 1/3" in line and "--resume" in line
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    monkeypatch.setattr(engine, "train_transform", real)
+    assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 0
+    with open(run / "metrics.csv", newline="") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2"]

@@ -327,7 +327,8 @@ def _train_in_run_dir(
         model.load_state_dict(resume_from["state_dict"])
         optimizer.load_state_dict(resume_from["optimizer"])
         scheduler.load_state_dict(resume_from["scheduler"])
-        scaler.load_state_dict(resume_from.get("scaler") or {})
+        if resume_from.get("scaler") and scaler.is_enabled():
+            scaler.load_state_dict(resume_from["scaler"])
         start_epoch, start_step = int(resume_from["epoch"]), int(resume_from.get("step", 0))
         history = [dict(row) for row in resume_from.get("history", [])][:start_epoch]
         best_val_acc = float(resume_from.get("best_val_acc", -1.0))
