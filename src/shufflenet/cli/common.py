@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,3 +44,22 @@ def write_json(path: str | Path, data: Any) -> None:
         print(text)
     else:
         Path(path).write_text(text + "\n")
+
+
+def setup_logging(quiet: bool = False) -> None:
+    """Send the package's log records to stderr: INFO (WARNING when quiet, or on torchrun ranks other than 0).
+
+    Each call replaces the handler an earlier call installed, so the current ``sys.stderr`` and ``quiet``
+    apply when several commands run in one process.
+    """
+    logger = logging.getLogger("shufflenet")
+    for old in [h for h in logger.handlers if getattr(h, "_shufflenet_cli", False)]:
+        logger.removeHandler(old)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    other_rank = int(os.environ.get("RANK", "0")) != 0
+    handler.setLevel(logging.WARNING if quiet or other_rank else logging.INFO)
+    handler._shufflenet_cli = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate and print the summary and per-class table."""
     import sys
 
-    from shufflenet.cli.train import setup_logging
+    from shufflenet.cli.common import setup_logging
     from shufflenet.engine import evaluate, load_eval_dataset, resolve_device, write_confusion
     from shufflenet.weights import load_model
 

@@ -38,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Predict and print one line per image."""
-    from shufflenet.cli.train import setup_logging
+    from shufflenet.cli.common import setup_logging
     from shufflenet.data import list_image_paths, load_image
     from shufflenet.engine import predict, resolve_device
     from shufflenet.weights import load_model

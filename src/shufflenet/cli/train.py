@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
+from shufflenet.cli.common import setup_logging
 from shufflenet.engine import AMP_MODES, OPTIMIZERS, SCHEDULES, TrainConfig
 
 DEFAULTS = TrainConfig()
-
-
-def setup_logging(quiet: bool = False) -> None:
-    """Send the package's log records to stderr: INFO (WARNING when quiet, or on torchrun ranks other than 0)."""
-    logger = logging.getLogger("shufflenet")
-    if any(getattr(h, "_shufflenet_cli", False) for h in logger.handlers):
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    other_rank = int(os.environ.get("RANK", "0")) != 0
-    handler.setLevel(logging.WARNING if quiet or other_rank else logging.INFO)
-    handler._shufflenet_cli = True  # type: ignore[attr-defined]
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
