@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import random
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from shufflenet.fileio import write_text_atomic
 from shufflenet.transforms import Preprocessing
 
 logger = logging.getLogger("shufflenet")
@@ -454,17 +454,7 @@ def write_split(
         "train": subset(train),
         "val": subset(val),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
 def read_split(path: str | Path, data_dir: str | Path) -> tuple[list[str], list[Sample], list[Sample]]:

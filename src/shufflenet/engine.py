@@ -47,6 +47,7 @@ from shufflenet.data import (
     scan_image_folder,
     verify_images,
 )
+from shufflenet.fileio import write_text_atomic
 from shufflenet.models import create_model
 from shufflenet.transforms import Preprocessing
 from shufflenet.weights import CheckpointError, load_checkpoint, load_pretrained, make_checkpoint, save_checkpoint
@@ -941,7 +942,7 @@ def write_confusion(result: EvalResult, out_dir: str | Path, name: str = "confus
     out_dir.mkdir(parents=True, exist_ok=True)
     png, js = out_dir / f"{name}.png", out_dir / f"{name}.json"
     plot_confusion_matrix(result.confusion, result.class_names, png)
-    _write_text_atomic(js, json.dumps(result.to_dict(), indent=2) + "\n")
+    write_text_atomic(js, json.dumps(result.to_dict(), indent=2) + "\n")
     return png, js
 
 
@@ -1133,9 +1134,9 @@ def _write_run_info(
         },
         "command": sys.argv,
     }
-    _write_text_atomic(run_dir / "config.json", json.dumps(info, indent=2, default=str) + "\n")
+    write_text_atomic(run_dir / "config.json", json.dumps(info, indent=2, default=str) + "\n")
     indices = {str(i): name for i, name in enumerate(class_names)}
-    _write_text_atomic(run_dir / "class_indices.json", json.dumps(indices, indent=2) + "\n")
+    write_text_atomic(run_dir / "class_indices.json", json.dumps(indices, indent=2) + "\n")
 
 
 def write_metrics_csv(path: str | Path, rows: Sequence[dict[str, float]]) -> None:
@@ -1145,13 +1146,7 @@ def write_metrics_csv(path: str | Path, rows: Sequence[dict[str, float]]) -> Non
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    _write_text_atomic(Path(path), buffer.getvalue())
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomic(Path(path), buffer.getvalue())
 
 
 def _tensorboard_writer(run_dir: Path) -> Any:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import tempfile
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,6 +17,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
+
+from shufflenet.fileio import atomic_path
 
 _MAX_ANNOTATED_CLASSES = 30
 
@@ -56,16 +56,9 @@ def read_metrics_csv(path: str | Path) -> list[dict[str, Any]]:
 def _save(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
     """Write the figure as PNG atomically, so a reader never sees half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -8,9 +8,7 @@ Foreign layouts (other projects' key names) are adapted here, at the boundary, b
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from shufflenet.fileio import atomic_path
 from shufflenet.transforms import Preprocessing
 
 CHECKPOINT_FORMAT = "shufflenet-checkpoint"
@@ -205,22 +204,15 @@ def save_checkpoint(path: str | Path, checkpoint: Mapping[str, Any]) -> Path:
     ``.safetensors`` paths store the tensors there and everything else as JSON metadata (no optimizer).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
             meta = {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer", "scheduler", "rng")}
             tensors = {k: v.detach().cpu().contiguous() for k, v in checkpoint["state_dict"].items()}
-            save_file(tensors, tmp_name, metadata={"shufflenet": json.dumps(meta)})
+            save_file(tensors, str(tmp), metadata={"shufflenet": json.dumps(meta)})
         else:
-            torch.save(dict(checkpoint), tmp_name)
-        os.replace(tmp_name, path)
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
+            torch.save(dict(checkpoint), tmp)
     return path
 
 
