@@ -182,6 +182,20 @@ def test_auto_times_every_candidate_and_keeps_the_fastest(v2: nn.Module, batch: 
     assert (runner(batch) - reference(v2, batch)).abs().max().item() <= 1e-4
 
 
+def test_large_batches_run_in_chunks_with_identical_results(onnx_file: Path, batch: torch.Tensor, monkeypatch) -> None:
+    runner = deploy.load_onnx(onnx_file)
+    whole = runner(batch[:12])
+    sizes: list[int] = []
+    run = runner._run
+    monkeypatch.setattr(runner, "_run", lambda x: sizes.append(x.shape[0]) or run(x))
+    runner.set_max_batch(5)
+    assert torch.allclose(runner(batch[:12]), whole, atol=1e-5)
+    assert sizes == [5, 5, 2]
+    assert deploy.default_max_batch(224, 224) == 8 and deploy.default_max_batch(448, 448) == 2
+    with pytest.raises(ValueError, match="max_batch must be an integer >= 1"):
+        runner.set_max_batch(0)
+
+
 def test_load_onnx_carries_metadata(v2: nn.Module, onnx_file: Path) -> None:
     runner = deploy.compile_for_inference(onnx_file, "onnxruntime")
     assert runner.class_names == [str(i) for i in range(NUM_CLASSES)]
