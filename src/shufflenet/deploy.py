@@ -229,9 +229,9 @@ def check_batch(x: Any, channels: int, spatial: tuple[int, int] | None = None) -
 # --------------------------------------------------------------------------------------------------
 
 
-# Large batches run in chunks of about this many pixels (8 images at 224x224): a chunk's activations
-# stay in the CPU caches, which measured 1.2x faster than one batch of 32 for ONNX Runtime and PyTorch
-# on the 2-core machine of docs/deploy.md (and no slower for OpenVINO).
+# PyTorch and ONNX Runtime run large batches in chunks of about this many pixels (8 images at 224x224):
+# a chunk's activations stay in the CPU caches, measured 1.2x faster than one batch of 32 on the 2-core
+# machine of docs/deploy.md. OpenVINO tiles its own work and is as fast or faster without chunks.
 MICRO_BATCH_PIXELS = 8 * 224 * 224
 
 
@@ -248,11 +248,13 @@ def _check_max_batch(max_batch: int | None) -> None:
 class CompiledModel:
     """A callable inference engine: float NCHW tensor in, float32 logits tensor out.
 
-    Batches larger than ``max_batch`` (default :func:`default_max_batch`) run in chunks.
+    Batches larger than ``max_batch`` run in chunks (default :func:`default_max_batch` where the backend
+    gains from it, else no chunks).
     """
 
     backend: str = ""
     precision: str = "fp32"
+    chunks_by_default = True
 
     def __init__(
         self, channels: int, spatial: tuple[int, int] | None, threads: int | None, batch: int | None = None
@@ -274,8 +276,10 @@ class CompiledModel:
                 f"this model was exported for batches of exactly {self.batch}, got {x.shape[0]}; "
                 "export it with a dynamic batch (`--dynamic-batch` / dynamic_batch=True)"
             )
-        limit = self.max_batch or default_max_batch(x.shape[2], x.shape[3])
-        if self.batch is None and x.shape[0] > limit:
+        limit = self.max_batch
+        if limit is None and self.chunks_by_default:
+            limit = default_max_batch(x.shape[2], x.shape[3])
+        if self.batch is None and limit is not None and x.shape[0] > limit:
             return torch.cat([self._run(chunk) for chunk in x.split(limit)])
         return self._run(x)
 
@@ -364,6 +368,7 @@ class OpenVinoModel(CompiledModel):
     """An OpenVINO CPU compiled model; one static-shape compilation per batch size seen (cached)."""
 
     backend = "openvino"
+    chunks_by_default = False
 
     def __init__(self, onnx_model: str | Path, precision: str = "fp32", threads: int | None = None) -> None:
         ov = _require("openvino")
@@ -801,8 +806,8 @@ def compile_for_inference(
     ``example_input`` fixes the image size of the ONNX-based backends (default: the model's
     preprocessing crop size) and is the batch ``backend="auto"`` times candidates on. ``precision="int8"``
     needs ``calibration_data`` (an iterable of float NCHW batches). ``threads`` defaults to
-    ``torch.get_num_threads()``; batches above ``max_batch`` images run in chunks (default: about
-    8 images' worth of 224x224 pixels, see :func:`default_max_batch`).
+    ``torch.get_num_threads()``; batches above ``max_batch`` images run in chunks (default: torch and
+    onnxruntime about 8 images' worth of 224x224 pixels, see :func:`default_max_batch`; openvino none).
     """
     if isinstance(model, (str, Path)):
         runner = load_onnx(model, backend, precision, calibration_data, threads)
