@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,3 +25,19 @@ def hymenoptera() -> Path:
     if not HYMENOPTERA.is_dir():
         pytest.skip(f"{HYMENOPTERA} is not present")
     return HYMENOPTERA
+
+
+def rerun_in_fresh_interpreter(request: pytest.FixtureRequest) -> bool:
+    """Run this test in a new Python process; True means "you are that process, run the body".
+
+    Signal tests need it: a native runtime loaded by an earlier test in the same process (OpenVINO's) takes
+    over SIGTERM delivery, so the test would measure that library instead of our handler.
+    """
+    node = request.node.nodeid
+    if os.environ.get("SHUFFLENET_FRESH_TEST") == node:
+        return True
+    env = {**os.environ, "SHUFFLENET_FRESH_TEST": node}
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", node]
+    proc = subprocess.run(command, cwd=request.config.rootpath, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{node} failed in a fresh interpreter:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
+    return False

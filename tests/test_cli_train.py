@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import rerun_in_fresh_interpreter
 from shufflenet.cli import main
 
 TINY = ["--model", "shufflenet_v2_x0_5", "--img-size", "32", "--batch-size", "8", "--lr", "1e-3", "--quiet"]
@@ -158,8 +159,14 @@ def test_demo_runs_offline_and_writes_a_run_folder(tmp_path: Path, capsys: pytes
 
 
 def test_ctrl_c_exits_130_and_resume_finishes(
-    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    trained: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
+    if not rerun_in_fresh_interpreter(request):
+        return
     import os
     import signal
 
