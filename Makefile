@@ -26,7 +26,8 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks hubconf.py
 	$(BIN)/ruff format --check src tests benchmarks hubconf.py
-	$(BIN)/pytest -n 2
+	$(BIN)/pytest -m signals -p no:xdist
+	$(BIN)/pytest -n 2 -m "not signals"
 
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff check --fix src tests benchmarks hubconf.py

@@ -158,6 +158,7 @@ def test_demo_runs_offline_and_writes_a_run_folder(tmp_path: Path, capsys: pytes
     assert main(["demo", "--out", str(out), "--epochs", "1", "--quiet"]) == 0
 
 
+@pytest.mark.signals
 def test_ctrl_c_exits_130_and_resume_finishes(
     trained: tuple[Path, Path],
     tmp_path: Path,

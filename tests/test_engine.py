@@ -103,6 +103,7 @@ def test_resume_matches_an_uninterrupted_run(image_tree: Path, tmp_path: Path) -
     assert resumed.history[1]["train_loss"] == pytest.approx(straight.history[1]["train_loss"])
 
 
+@pytest.mark.signals
 def test_signal_mid_epoch_leaves_a_last_pt_that_resume_finishes(
     image_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
