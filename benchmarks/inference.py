@@ -8,7 +8,7 @@ Sections (all in this one process, candidates timed in interleaved rounds, see s
             ``--calib`` training images (eval transform). The checkpoint is cached under runs/deploy/.
 * speed     shufflenet_v2_x1_0 at 224, batches 1/8/32, every backend/precision beside torchvision eager
             (the trained weights when the accuracy section ran); the issue's targets checked.
-* v1        shufflenet_v1_g3_x1_0 beside v2 1.0x (same candidates), batches 1 and 32.
+* v1        shufflenet_v1_g3_x1_0 and v2 1.0x, every backend/precision of both interleaved, batches 1, 32.
 * sizes     v2 1.0x throughput vs input size (128-320) at batch 8, fp32 and int8 of the ONNX runtimes.
 
     .venv/bin/python benchmarks/inference.py [--sections accuracy,speed,v1,sizes] [--threads 2]
@@ -20,6 +20,7 @@ Check ``uptime`` first: other processes on the cores distort absolute numbers (r
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -304,6 +305,36 @@ def targets(result: bench.BenchResult) -> dict[str, Any]:
     return checks
 
 
+def v1_section(v2: nn.Module, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """v1 g=3 1.0x and v2 1.0x, every backend/precision of both timed together (interleaved) at 224."""
+    candidates: dict[str, Any] = {}
+    for name, net in ((V1, create_model(V1).eval()), (V2, v2)):
+        eager = copy.deepcopy(net).eval()
+        candidates[f"{name} eager"] = lambda x, m=eager: m(x)
+        runners, _ = bench.build_candidates(net, 224, threads=args.threads)
+        candidates.update({f"{name} {label}": runner for label, runner in runners.items()})
+    rows = []
+    for batch in (1, 32):
+        x = torch.randn(batch, 3, 224, 224)
+        with torch.inference_mode():
+            timings = bench.time_interleaved(candidates, x, min_time_s=args.time, rounds=args.rounds)
+        for label, timing in timings.items():
+            rows.append(
+                {
+                    "label": label,
+                    "batch": batch,
+                    "median_ms": timing.median_ms,
+                    "min_ms": timing.min_ms,
+                    "img_per_s": timing.throughput,
+                    "others": f"{timing.others_cpu or 0:.0%}" + ("" if timing.clean else " (!)"),
+                }
+            )
+    say(f"\n## {V1} beside {V2}, 224x224, {args.threads} threads, interleaved in one run")
+    columns = [("label", "model / backend"), ("batch", "batch"), ("median_ms", "median ms"), ("min_ms", "min ms")]
+    say(format_table(rows, [*columns, ("img_per_s", "img/s"), ("others", "others CPU")]))
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", default="accuracy,speed,v1,sizes")
@@ -347,14 +378,7 @@ def main() -> int:
         report["speed"] = result.to_dict()
         report["targets"] = targets(result)
     if "v1" in sections:
-        rows = []
-        for name in (V1, V2):
-            net = model if name == V2 else create_model(V1).eval()
-            result = run_bench(net, name, args, batch_sizes=[1, 32])
-            rows.extend(result.rows)
-        combined = bench.BenchResult(rows=rows, machine=bench.machine_info(args.threads), settings={})
-        print_bench("v1 g=3 1.0x beside v2 1.0x, 224x224 (v1 baseline: our eager v1)", combined)
-        report["v1"] = combined.to_dict()
+        report["v1"] = v1_section(model, args)
     if "sizes" in sections:
         rows = []
         for size in (int(s) for s in args.sizes.split(",")):
@@ -370,11 +394,19 @@ def main() -> int:
             rows.extend(result.rows)
         combined = bench.BenchResult(rows=rows, machine=bench.machine_info(args.threads), settings={})
         table = [
-            {"label": r.label, "img_size": r.img_size, "img_per_s": r.img_per_s, "x": r.speedup_vs_baseline}
+            {
+                "label": r.label,
+                "img_size": r.img_size,
+                "median_ms": r.median_ms,
+                "img_per_s": r.img_per_s,
+                "x": r.speedup_vs_baseline,
+                "others": f"{r.others_cpu or 0:.0%}" + ("" if r.clean else " (!)"),
+            }
             for r in rows
         ]
         say(f"\n## {V2} throughput vs input size, batch 8 (load average {combined.machine['load_avg_1_5_15']})")
-        say(format_table(table, [("label", "backend"), ("img_size", "size"), ("img_per_s", "img/s"), ("x", "x tv")]))
+        columns = [("label", "backend"), ("img_size", "size"), ("median_ms", "median ms"), ("img_per_s", "img/s")]
+        say(format_table(table, [*columns, ("x", "x tv"), ("others", "others CPU")]))
         report["sizes"] = combined.to_dict()
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
