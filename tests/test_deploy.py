@@ -168,6 +168,11 @@ def test_openvino_every_precision_agrees(v2, onnx_file, batch, calibration) -> N
     got = fp32(batch)
     assert (got - ref).abs().max().item() <= 1e-4 and torch.equal(got.argmax(1), ref.argmax(1))
     assert fp32(batch[:3]).shape == (3, NUM_CLASSES)  # a second static shape, compiled on demand
+    two_streams = deploy.load_onnx(onnx_file, "openvino", "fp32", threads=2)
+    assert two_streams.streams == 2
+    for n in (3, 4, 63):  # latency mode; two streams of 2; streams of 32 and 31 images
+        assert (two_streams(batch[:n]) - ref[:n]).abs().max().item() <= 1e-4
+    assert ("throughput", (32, 3, IMG, IMG)) in two_streams._requests
     if deploy.cpu_has_bf16():
         assert_close_logits(ref, deploy.load_onnx(onnx_file, "openvino", "bf16")(batch), rel=0.05, min_top1=0.95)
     int8 = deploy.load_onnx(onnx_file, "openvino", "int8", calibration_data=calibration)

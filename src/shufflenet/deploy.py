@@ -365,7 +365,13 @@ class OnnxRuntimeModel(CompiledModel):
 
 
 class OpenVinoModel(CompiledModel):
-    """An OpenVINO CPU compiled model; one static-shape compilation per batch size seen (cached)."""
+    """An OpenVINO CPU compiled model, compiled once per input shape seen (cached).
+
+    A batch of at least two images per thread is split across ``threads`` single-thread streams run
+    concurrently (OpenVINO's throughput mode): no synchronisation between threads inside a layer,
+    measured 1.1-2x faster than one two-thread request at batch 8-32 on the machine of docs/deploy.md.
+    Smaller batches run as one request on all threads (latency mode).
+    """
 
     backend = "openvino"
     chunks_by_default = False
@@ -382,25 +388,41 @@ class OpenVinoModel(CompiledModel):
             self.model = self.core.read_model(str(onnx_model))
         except Exception as err:  # openvino raises RuntimeError subclasses with long messages
             raise DeployError(f"openvino cannot read {_describe(onnx_model)}: {_first_line(err)}") from None
+        self.streams = self.threads
         # int8 layers run in int8 whatever the hint; the hint sets the precision of the rest.
         self.config = {
             "INFERENCE_NUM_THREADS": self.threads,
-            "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
         }
-        self._requests: dict[tuple[int, ...], Any] = {}
+        self._requests: dict[tuple[str, tuple[int, ...]], list[Any]] = {}
 
-    def _request(self, shape: tuple[int, ...]) -> Any:
-        request = self._requests.get(shape)
-        if request is None:
+    def _compiled_requests(self, mode: str, shape: tuple[int, ...]) -> list[Any]:
+        requests = self._requests.get((mode, shape))
+        if requests is None:
             model = self.model.clone()
             model.reshape({model.inputs[0].get_any_name(): list(shape)})
-            compiled = self.core.compile_model(model, "CPU", self.config)
-            request = self._requests[shape] = compiled.create_infer_request()
-        return request
+            if mode == "latency":
+                config, count = {**self.config, "PERFORMANCE_HINT": "LATENCY"}, 1
+            else:
+                config = {**self.config, "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": self.streams}
+                count = self.streams
+            compiled = self.core.compile_model(model, "CPU", config)
+            requests = self._requests[(mode, shape)] = [compiled.create_infer_request() for _ in range(count)]
+        return requests
 
     def _run(self, x: Tensor) -> Tensor:
-        request = self._request(tuple(x.shape))
+        if self.streams > 1 and x.shape[0] >= 2 * self.streams:
+            started = []
+            for i, chunk in enumerate(x.tensor_split(self.streams)):
+                request = self._compiled_requests("throughput", tuple(chunk.shape))[i]
+                request.start_async({0: chunk.numpy()}, share_inputs=False)
+                started.append(request)
+            outputs = []
+            for request in started:
+                request.wait()
+                outputs.append(torch.from_numpy(request.get_output_tensor(0).data.copy()))
+            return torch.cat(outputs)
+        (request,) = self._compiled_requests("latency", tuple(x.shape))
         request.infer({0: x.numpy()})
         return torch.from_numpy(request.get_output_tensor(0).data.copy())
 
