@@ -23,7 +23,8 @@ CLASSES = ["ant", "bee", "wasp"]
 PREP = Preprocessing.for_size(IMG, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 # Graph ops a ShuffleNet may export to: no Shape/Gather arithmetic around the channel shuffle.
 PLAIN_OPS = {"Conv", "Relu", "Reshape", "Transpose", "Concat", "Split", "MaxPool", "AveragePool", "ReduceMean"}
-PLAIN_OPS |= {"Gemm", "Add", "Flatten"}
+PLAIN_OPS |= {"Gemm", "Add", "Flatten", "Unsqueeze"}
+V2_UNITS = 4 + 8 + 4  # Table 5 repeats: one concat + shuffle per unit
 
 
 def with_bn_stats(model: nn.Module) -> nn.Module:
@@ -75,18 +76,37 @@ def test_onnx_matches_pytorch_in_a_real_session(v2: nn.Module, v2_onnx: Path, ba
     assert torch.equal(torch.from_numpy(got).argmax(1), ref.argmax(1))
 
 
-def test_channel_shuffle_exports_as_plain_reshape_transpose(v2_onnx: Path) -> None:
+def attribute(node: onnx.NodeProto, name: str) -> object:
+    (value,) = [onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name]
+    return value
+
+
+def test_v2_concat_and_shuffle_export_as_one_interleaving_concat(v2_onnx: Path) -> None:
     graph = onnx.load(str(v2_onnx)).graph
     ops = [node.op_type for node in graph.node]
     assert set(ops) <= PLAIN_OPS, set(ops) - PLAIN_OPS
+    assert "Transpose" not in ops and "BatchNormalization" not in ops  # fused shuffle, folded BN
+    concats = [node for node in graph.node if node.op_type == "Concat"]
+    assert len(concats) == V2_UNITS
+    # (N, C/2, 1, H, W) + (N, C/2, 1, H, W) -> (N, C/2, 2, H, W), flattened to (N, C, H, W) by one Reshape.
+    assert all(attribute(node, "axis") == 2 for node in concats)
+    assert ops.count("Unsqueeze") == 2 * V2_UNITS and ops.count("Reshape") == V2_UNITS
+
+
+def test_unfused_export_has_the_papers_reshape_transpose_and_same_outputs(
+    v2: nn.Module, v2_onnx: Path, tmp_path: Path
+) -> None:
+    path = deploy.export_onnx(v2, tmp_path / "plain.onnx", img_size=IMG, dynamic_batch=True, fuse_shuffle=False)
+    graph = onnx.load(str(path)).graph
+    ops = [node.op_type for node in graph.node]
+    assert set(ops) <= PLAIN_OPS, set(ops) - PLAIN_OPS
     transposes = [node for node in graph.node if node.op_type == "Transpose"]
-    units = 4 + 8 + 4  # one shuffle per v2 unit (Table 5 repeats)
-    assert len(transposes) == units
-    for node in transposes:
-        (perm,) = [list(a.ints) for a in node.attribute if a.name == "perm"]
-        assert perm == [0, 2, 1, 3, 4]  # (N, g, C/g, H, W) -> (N, C/g, g, H, W)
-    assert ops.count("Reshape") == 2 * units
-    assert "BatchNormalization" not in ops  # folded
+    assert len(transposes) == V2_UNITS and ops.count("Reshape") == 2 * V2_UNITS
+    assert all(attribute(node, "perm") == [0, 2, 1, 3, 4] for node in transposes)  # (N,g,C/g,H,W) -> (N,C/g,g,H,W)
+    x = torch.randn(3, 3, IMG, IMG).numpy()
+    (plain,) = session(path).run(None, {"input": x})
+    (fused,) = session(v2_onnx).run(None, {"input": x})
+    assert abs(plain - fused).max() <= 1e-5
 
 
 def test_metadata_reads_back_through_onnx_and_onnxruntime(v2_onnx: Path) -> None:
@@ -164,6 +184,17 @@ def test_cli_export_onnx_verifies_and_refuses_to_overwrite(checkpoint: Path, tmp
     assert main(args) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert out.read_bytes() == before
+
+
+def test_cli_export_v2_transpose_shuffle_flag(v2: nn.Module, tmp_path: Path, capsys) -> None:
+    ckpt = save_checkpoint(tmp_path / "v2.pt", make_checkpoint(v2, "shufflenet_v2_x0_5", CLASSES, PREP))
+    transposes = {}
+    for flag in ([], ["--transpose-shuffle"]):
+        out = tmp_path / f"v2{len(flag)}.onnx"
+        assert main(["export", "--weights", str(ckpt), "--format", "onnx", "--out", str(out), *flag]) == 0
+        assert "top-1 agreement 100%" in capsys.readouterr().out
+        transposes[bool(flag)] = [n.op_type for n in onnx.load(str(out)).graph.node].count("Transpose")
+    assert transposes == {False: 0, True: V2_UNITS}
 
 
 def test_cli_export_torchscript_with_overwrite(checkpoint: Path, tmp_path: Path) -> None:

@@ -157,6 +157,21 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return folded
 
 
+def prepare_for_inference(model: nn.Module, fold_bn: bool = True, fuse_shuffle: bool = True) -> nn.Module:
+    """The eval-mode copy every backend and export starts from; ``model`` itself is not changed.
+
+    ``fold_bn``: BatchNorm folded into the convolutions (:func:`fold_batchnorm`). ``fuse_shuffle``: each
+    v2 unit computes its concat + channel shuffle as one interleaving copy
+    (:func:`shufflenet.models.ops.interleave_channels`): the same values, exported as Unsqueeze -> Concat ->
+    Reshape instead of Concat -> Reshape -> Transpose -> Reshape. v1's shuffles are left as they are.
+    """
+    prepared = fold_batchnorm(model) if fold_bn else copy.deepcopy(model).eval()
+    for module in prepared.modules():
+        if hasattr(module, "fuse_shuffle"):
+            module.fuse_shuffle = fuse_shuffle
+    return prepared
+
+
 def _fold_in_place(module: nn.Module) -> int:
     count = 0
     if isinstance(module, nn.Sequential):
@@ -506,17 +521,20 @@ def export_onnx(
     preprocessing: Preprocessing | None = None,
     arch: str | None = None,
     fold_bn: bool = True,
+    fuse_shuffle: bool = True,
 ) -> Path:
     """Export ``model`` to a single ONNX file with metadata (``shufflenet.*`` keys); returns the path.
 
     The input is named ``input`` (N, C, H, W) with H and W fixed (``example_input``'s size, else
     ``img_size``, else the model's preprocessing crop size); N is symbolic with ``dynamic_batch``.
-    Channel shuffles come out as Reshape -> Transpose -> Reshape.
+    Channel shuffles come out as Reshape -> Transpose -> Reshape, except that with ``fuse_shuffle`` (the
+    default) a v2 unit's concat + shuffle is one interleaving Unsqueeze -> Concat -> Reshape
+    (:func:`prepare_for_inference`).
     """
     onnx = _require_onnx()
     path = Path(path)
     _check_output_path(path, overwrite)
-    module = fold_batchnorm(model) if fold_bn else copy.deepcopy(model).eval()
+    module = prepare_for_inference(model, fold_bn=fold_bn, fuse_shuffle=fuse_shuffle)
     # torch.export specialises a size-1 dimension, so a dynamic batch is traced with two images.
     x = _export_example(model, example_input, img_size, 2 if dynamic_batch else 1)
     if dynamic_batch and x.shape[0] == 1:

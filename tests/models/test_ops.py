@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from shufflenet.models.ops import ChannelShuffle, channel_shuffle, make_divisible
+from shufflenet.models.ops import ChannelShuffle, channel_shuffle, interleave_channels, make_divisible
 
 
 def paper_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -66,6 +66,18 @@ def test_channel_shuffle_exports_to_onnx_as_reshape_transpose(tmp_path) -> None:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {"x": x.numpy()})
     assert torch.equal(torch.from_numpy(out), paper_shuffle(x, 3))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_interleave_channels_is_concat_then_shuffle(channels_last: bool) -> None:
+    a, b = torch.randn(2, 6, 5, 3), torch.randn(2, 6, 5, 3)
+    if channels_last:
+        a, b = a.to(memory_format=torch.channels_last), b.to(memory_format=torch.channels_last)
+    out = interleave_channels(a, b)
+    assert torch.equal(out, paper_shuffle(torch.cat((a, b), 1), 2))
+    assert torch.equal(out[:, 0::2], a) and torch.equal(out[:, 1::2], b)
+    with pytest.raises(ValueError, match=r"shapes differ, \(2, 6, 5, 3\) and \(2, 4, 5, 3\)"):
+        interleave_channels(a, b[:, :4])
 
 
 @pytest.mark.parametrize("value,divisor,expected", [(6, 4, 8), (100, 8, 104), (50, 8, 48), (1, 8, 8), (36, 4, 36)])

@@ -66,3 +66,17 @@ def test_stride2_unit_halves_resolution_and_features_are_1_32() -> None:
     feats = model.forward_features(torch.randn(1, 3, 128, 160))
     assert feats.shape == (1, 1024, 4, 5)
     assert model.forward_head(feats, pre_logits=True).shape == (1, 1024)
+
+
+def test_fused_shuffle_gives_identical_outputs_and_keys() -> None:
+    model = create_model("shufflenet_v2_x0_5", num_classes=5).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        plain = model(x)
+        keys = list(model.state_dict())
+        units = [m for m in model.modules() if hasattr(m, "fuse_shuffle")]
+        assert len(units) == 16
+        for unit in units:
+            unit.fuse_shuffle = True
+        assert torch.equal(model(x), plain)
+    assert list(model.state_dict()) == keys

@@ -26,6 +26,19 @@ def channel_shuffle(x: Tensor, groups: int) -> Tensor:
     return x.reshape(batch, channels, height, width)
 
 
+def interleave_channels(a: Tensor, b: Tensor) -> Tensor:
+    """``channel_shuffle(torch.cat((a, b), 1), 2)`` computed as one interleaving copy (same values).
+
+    Output channel ``2i`` is ``a[:, i]`` and ``2i + 1`` is ``b[:, i]``: stacking on a new axis after C and
+    flattening does the concat and the shuffle in one pass. Exported to ONNX it is Unsqueeze -> Concat ->
+    Reshape, which OpenVINO runs 1.2-1.5x faster than a concat followed by Reshape -> Transpose ->
+    Reshape (docs/deploy.md); the v2 units use it when ``fuse_shuffle`` is set for deployment.
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"interleave_channels: shapes differ, {tuple(a.shape)} and {tuple(b.shape)}")
+    return torch.stack((a, b), dim=2).flatten(1, 2)
+
+
 class ChannelShuffle(nn.Module):
     """Module form of :func:`channel_shuffle`."""
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from shufflenet import tables
-from shufflenet.models.ops import ClassifierMixin, channel_shuffle, check_num_classes, conv_bn
+from shufflenet.models.ops import ClassifierMixin, channel_shuffle, check_num_classes, conv_bn, interleave_channels
 
 
 class InvertedResidual(nn.Module):
@@ -20,6 +20,8 @@ class InvertedResidual(nn.Module):
         if stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2, got {stride}")
         self.stride = stride
+        # Deployment switch (not a weight): concat + shuffle as one interleaving copy, same values.
+        self.fuse_shuffle = False
         branch_features = out_channels // 2
         if stride == 1 and in_channels != 2 * branch_features:
             raise ValueError(f"a stride-1 unit needs in == out channels, got {in_channels} -> {out_channels}")
@@ -48,10 +50,12 @@ class InvertedResidual(nn.Module):
         """Apply the unit."""
         if self.stride == 1:
             x1, x2 = x.chunk(2, dim=1)
-            out = torch.cat((x1, self.branch2(x2)), dim=1)
+            left, right = x1, self.branch2(x2)
         else:
-            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
-        return channel_shuffle(out, 2)
+            left, right = self.branch1(x), self.branch2(x)
+        if self.fuse_shuffle:
+            return interleave_channels(left, right)
+        return channel_shuffle(torch.cat((left, right), dim=1), 2)
 
 
 class ShuffleNetV2(ClassifierMixin, nn.Module):
