@@ -161,7 +161,7 @@ def test_quantize_onnx_writes_int8_graphs(onnx_file: Path, calibration, tmp_path
     assert len(int8) >= 20  # the conv weights are stored as int8
 
 
-def test_openvino_every_precision_agrees(v2, onnx_file, batch, calibration) -> None:
+def test_openvino_every_precision_agrees(v2, onnx_file, batch, calibration, monkeypatch) -> None:
     pytest.importorskip("openvino")
     ref = reference(v2, batch)
     fp32 = deploy.load_onnx(onnx_file, "openvino", "fp32")
@@ -173,6 +173,10 @@ def test_openvino_every_precision_agrees(v2, onnx_file, batch, calibration) -> N
     for n in (3, 4, 63):  # latency mode; two streams of 2; streams of 32 and 31 images
         assert (two_streams(batch[:n]) - ref[:n]).abs().max().item() <= 1e-4
     assert ("throughput", (32, 3, IMG, IMG)) in two_streams._requests
+    # Large fp32 batches go out as requests of at most default_max_batch images, round-robin over streams.
+    monkeypatch.setattr(deploy, "MICRO_BATCH_PIXELS", 5 * IMG * IMG)
+    assert (two_streams(batch[:12]) - ref[:12]).abs().max().item() <= 1e-4
+    assert {("throughput", (5, 3, IMG, IMG)), ("throughput", (2, 3, IMG, IMG))} <= set(two_streams._requests)
     if deploy.cpu_has_bf16():
         assert_close_logits(ref, deploy.load_onnx(onnx_file, "openvino", "bf16")(batch), rel=0.05, min_top1=0.95)
     int8 = deploy.load_onnx(onnx_file, "openvino", "int8", calibration_data=calibration)

@@ -246,7 +246,7 @@ def check_batch(x: Any, channels: int, spatial: tuple[int, int] | None = None) -
 
 # PyTorch and ONNX Runtime run large batches in chunks of about this many pixels (8 images at 224x224):
 # a chunk's activations stay in the CPU caches, measured 1.2x faster than one batch of 32 on the 2-core
-# machine of docs/deploy.md. OpenVINO tiles its own work and is as fast or faster without chunks.
+# machine of docs/deploy.md. OpenVINO uses the same size for the requests it queues over its streams.
 MICRO_BATCH_PIXELS = 8 * 224 * 224
 
 
@@ -382,10 +382,12 @@ class OnnxRuntimeModel(CompiledModel):
 class OpenVinoModel(CompiledModel):
     """An OpenVINO CPU compiled model, compiled once per input shape seen (cached).
 
-    A batch of at least two images per thread is split across ``threads`` single-thread streams run
-    concurrently (OpenVINO's throughput mode): no synchronisation between threads inside a layer,
-    measured 1.1-2x faster than one two-thread request at batch 8-32 on the machine of docs/deploy.md.
-    Smaller batches run as one request on all threads (latency mode).
+    A batch of at least two images per thread runs on ``threads`` single-thread streams at once
+    (OpenVINO's throughput mode: no synchronisation between threads inside a layer), as requests of at
+    most :func:`default_max_batch` images (8 at 224x224; twice that in bf16/int8) queued over the streams.
+    On the machine of docs/deploy.md that was 1.1-2x faster than one two-thread request at batch 8-32,
+    and fp32 requests of 8 images were 9 % faster than 16 at batch 32 (bf16/int8: 16 as fast or 3 %
+    faster than 8). Smaller batches run as one request on all threads (latency mode).
     """
 
     backend = "openvino"
@@ -427,19 +429,34 @@ class OpenVinoModel(CompiledModel):
 
     def _run(self, x: Tensor) -> Tensor:
         if self.streams > 1 and x.shape[0] >= 2 * self.streams:
-            started = []
-            for i, chunk in enumerate(x.tensor_split(self.streams)):
-                request = self._compiled_requests("throughput", tuple(chunk.shape))[i]
-                request.start_async({0: chunk.numpy()}, share_inputs=False)
-                started.append(request)
-            outputs = []
-            for request in started:
-                request.wait()
-                outputs.append(torch.from_numpy(request.get_output_tensor(0).data.copy()))
-            return torch.cat(outputs)
+            # Cache-sized requests: bf16/int8 activations take half the bytes (or less), so twice the images.
+            limit = default_max_batch(x.shape[2], x.shape[3]) * (1 if self.precision == "fp32" else 2)
+            per_request = min(-(-x.shape[0] // self.streams), limit)
+            return self._run_streams(x.split(per_request))
         (request,) = self._compiled_requests("latency", tuple(x.shape))
         request.infer({0: x.numpy()})
         return torch.from_numpy(request.get_output_tensor(0).data.copy())
+
+    def _run_streams(self, chunks: tuple[Tensor, ...]) -> Tensor:
+        """Chunk ``i`` runs on request ``i % streams`` of its shape; a request is waited for before reuse."""
+        outputs: list[Tensor | None] = [None] * len(chunks)
+        in_flight: dict[int, tuple[Any, int]] = {}  # stream -> (request, chunk index)
+
+        def collect(stream: int) -> None:
+            request, index = in_flight.pop(stream)
+            request.wait()
+            outputs[index] = torch.from_numpy(request.get_output_tensor(0).data.copy())
+
+        for i, chunk in enumerate(chunks):
+            stream = i % self.streams
+            if stream in in_flight:
+                collect(stream)
+            request = self._compiled_requests("throughput", tuple(chunk.shape))[stream]
+            request.start_async({0: chunk.numpy()}, share_inputs=False)
+            in_flight[stream] = (request, i)
+        for stream in list(in_flight):
+            collect(stream)
+        return torch.cat(outputs)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -847,7 +864,8 @@ def compile_for_inference(
     preprocessing crop size) and is the batch ``backend="auto"`` times candidates on. ``precision="int8"``
     needs ``calibration_data`` (an iterable of float NCHW batches). ``threads`` defaults to
     ``torch.get_num_threads()``; batches above ``max_batch`` images run in chunks (default: torch and
-    onnxruntime about 8 images' worth of 224x224 pixels, see :func:`default_max_batch`; openvino none).
+    onnxruntime about 8 images' worth of 224x224 pixels, see :func:`default_max_batch`; openvino splits
+    batches over its streams itself, in requests of the same size).
     """
     if isinstance(model, (str, Path)):
         runner = load_onnx(model, backend, precision, calibration_data, threads)
