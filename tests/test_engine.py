@@ -75,6 +75,23 @@ def test_run_folder_holds_every_file(image_tree: Path, tmp_path: Path) -> None:
     assert "readme.txt" not in log_text
 
 
+def test_tensorboard_events_hold_the_metrics_csv(image_tree: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    shufflenet.train(data=str(image_tree), out=str(run), epochs=2, **TINY)
+    (events,) = run.glob("events.out.tfevents.*")
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    rows = read_rows(run / "metrics.csv")
+    assert set(accumulator.Tags()["scalars"]) == set(engine.METRIC_COLUMNS[1:])
+    for key in engine.METRIC_COLUMNS[1:]:
+        scalars = accumulator.Scalars(key)
+        assert [s.step for s in scalars] == [1, 2]
+        assert [s.value for s in scalars] == pytest.approx([float(row[key]) for row in rows], rel=1e-5, abs=1e-6)
+
+
 def test_checkpoints_are_self_describing_and_safe(image_tree: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shufflenet.train(data=str(image_tree), out=str(run), epochs=1, **TINY)
