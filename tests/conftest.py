@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,28 @@ def rerun_in_fresh_interpreter(request: pytest.FixtureRequest) -> bool:
     proc = subprocess.run(command, cwd=request.config.rootpath, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{node} failed in a fresh interpreter:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
     return False
+
+
+def signal_during_training(monkeypatch: pytest.MonkeyPatch, at_image: int, signum: int) -> Callable:
+    """Make the training transform send ``signum`` to this process at its ``at_image``-th image (mid-epoch).
+
+    Returns the real ``engine.train_transform`` so the test can put it back before resuming.
+    """
+    from shufflenet import engine
+
+    real = engine.train_transform
+    calls = {"n": 0}
+
+    def interrupting(*args: object, **kwargs: object) -> Callable:
+        transform = real(*args, **kwargs)
+
+        def apply(image: object) -> torch.Tensor:
+            calls["n"] += 1
+            if calls["n"] == at_image:
+                os.kill(os.getpid(), signum)
+            return transform(image)
+
+        return apply
+
+    monkeypatch.setattr(engine, "train_transform", interrupting)
+    return real

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import rerun_in_fresh_interpreter
+from conftest import rerun_in_fresh_interpreter, signal_during_training
 from shufflenet.cli import main
 
 TINY = ["--model", "shufflenet_v2_x0_5", "--img-size", "32", "--batch-size", "8", "--lr", "1e-3", "--quiet"]
@@ -168,27 +168,12 @@ def test_ctrl_c_exits_130_and_resume_finishes(
 ) -> None:
     if not rerun_in_fresh_interpreter(request):
         return
-    import os
     import signal
 
     from shufflenet import engine
 
     data, _ = trained
-    real = engine.train_transform
-    calls = {"n": 0}
-
-    def interrupting(*args: object, **kwargs: object):
-        transform = real(*args, **kwargs)
-
-        def apply(image: object) -> torch.Tensor:
-            calls["n"] += 1
-            if calls["n"] == 10:  # the user presses Ctrl-C during the second batch
-                os.kill(os.getpid(), signal.SIGINT)
-            return transform(image)
-
-        return apply
-
-    monkeypatch.setattr(engine, "train_transform", interrupting)
+    real = signal_during_training(monkeypatch, 10, signal.SIGINT)  # the user presses Ctrl-C in the second batch
     run = tmp_path / "run"
     assert main(["train", "--data", str(data), "--out", str(run), "--epochs", "2", *TINY]) == 130
     line = error_line(capsys)

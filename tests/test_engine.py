@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import signal
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import torch
 from PIL import Image
 
 import shufflenet
-from conftest import rerun_in_fresh_interpreter
+from conftest import rerun_in_fresh_interpreter, signal_during_training
 from shufflenet import engine
 from shufflenet.engine import TrainConfig, build_optimizer, evaluate, lr_factor, predict
 from shufflenet.models import create_model
@@ -126,21 +125,7 @@ def test_signal_mid_epoch_leaves_a_last_pt_that_resume_finishes(
 ) -> None:
     if not rerun_in_fresh_interpreter(request):
         return
-    real = engine.train_transform
-    calls = {"n": 0}
-
-    def interrupting(*args: object, **kwargs: object):
-        transform = real(*args, **kwargs)
-
-        def apply(image: object) -> torch.Tensor:
-            calls["n"] += 1
-            if calls["n"] == 12:  # in the second batch of 8
-                os.kill(os.getpid(), signal.SIGTERM)
-            return transform(image)
-
-        return apply
-
-    monkeypatch.setattr(engine, "train_transform", interrupting)
+    real = signal_during_training(monkeypatch, 12, signal.SIGTERM)  # in the second batch of 8
     run = tmp_path / "run"
     result = shufflenet.train(data=str(image_tree), out=str(run), epochs=2, **TINY)
     assert result.stopped == "interrupted" and result.history == []
