@@ -158,7 +158,10 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
 
 def prepare_for_inference(model: nn.Module, fold_bn: bool = True, fuse_shuffle: bool = True) -> nn.Module:
-    """The eval-mode copy every backend and export starts from; ``model`` itself is not changed.
+    """The eval-mode copy the ONNX export (and so the onnxruntime and openvino backends) starts from.
+
+    ``model`` itself is not changed. The torch backend and TorchScript use :func:`fold_batchnorm` alone:
+    eager PyTorch was not faster with the fused shuffle (docs/deploy.md).
 
     ``fold_bn``: BatchNorm folded into the convolutions (:func:`fold_batchnorm`). ``fuse_shuffle``: each
     v2 unit computes its concat + channel shuffle as one interleaving copy
