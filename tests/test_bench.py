@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from shufflenet import bench, create_model
+from shufflenet.checkpoints import make_checkpoint, save_checkpoint
 from shufflenet.cli import main
-from shufflenet.weights import make_checkpoint, save_checkpoint
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

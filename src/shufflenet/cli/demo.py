@@ -43,11 +43,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo and print what it reached and where the files are."""
+    from shufflenet.checkpoints import load_model
     from shufflenet.cli.common import setup_logging
     from shufflenet.data import load_image, make_digits_dataset
     from shufflenet.engine import evaluate, load_eval_dataset, predict, train
     from shufflenet.plots import plot_predictions
-    from shufflenet.weights import load_model
 
     setup_logging(args.quiet)
     started = time.perf_counter()
