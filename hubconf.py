@@ -30,12 +30,12 @@ def _load(name: str, weights: str | _Path | None = None, num_classes: int | None
     """Build ``name``; with ``weights``, load the file (class count from the file unless given)."""
     if weights is None:
         return _models.create_model(name, num_classes=num_classes or 1000, **kwargs)
-    from shufflenet import weights as _weights
+    from shufflenet import checkpoints as _checkpoints
     from shufflenet.transforms import Preprocessing
 
-    raw = _weights.read_file(weights)
+    raw = _checkpoints.read_file(weights)
     class_names = None
-    if raw.get("format") == _weights.CHECKPOINT_FORMAT:
+    if raw.get("format") == _checkpoints.CHECKPOINT_FORMAT:
         if raw.get("arch") != name:
             raise ValueError(f"{weights} holds {raw.get('arch')!r}, not {name!r}; load it as {raw.get('arch')!r}")
         stored = dict(raw.get("model_kwargs") or {})
@@ -46,10 +46,10 @@ def _load(name: str, weights: str | _Path | None = None, num_classes: int | None
         if num_classes in (None, raw.get("num_classes")):
             num_classes, class_names = raw.get("num_classes"), raw.get("class_names")
     if num_classes is None:
-        state = _weights.unwrap_state_dict(raw)
+        state = _checkpoints.unwrap_state_dict(raw)
         num_classes = next((state[k].shape[0] for k in _CLASSIFIER_KEYS if k in state), 1000)
     model = _models.create_model(name, num_classes=num_classes, **kwargs)
-    report = _weights.load_pretrained(model, weights)
+    report = _checkpoints.load_pretrained(model, weights)
     model.preprocessing = report.preprocessing or Preprocessing()
     model.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
     return model

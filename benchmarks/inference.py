@@ -34,9 +34,9 @@ from torch import Tensor, nn
 from torchvision.transforms import v2 as T
 
 from shufflenet import bench, create_model, deploy
+from shufflenet.checkpoints import load_model, make_checkpoint, save_checkpoint
 from shufflenet.cli.common import format_table
 from shufflenet.transforms import Preprocessing
-from shufflenet.weights import load_model, make_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 HYMENOPTERA = ROOT.parent / "shared" / "data" / "hymenoptera_data"

@@ -11,9 +11,9 @@ import torch
 import torchvision
 
 from shufflenet import list_models
+from shufflenet.checkpoints import make_checkpoint, save_checkpoint
 from shufflenet.models import create_model
 from shufflenet.transforms import Preprocessing
-from shufflenet.weights import make_checkpoint, save_checkpoint
 
 REPO = str(Path(__file__).resolve().parents[1])
 

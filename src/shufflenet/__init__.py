@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from shufflenet.checkpoints import load_model
 from shufflenet.models import create_model, list_models, model_info
 from shufflenet.training import train
-from shufflenet.weights import load_model
 
 __version__ = "0.1.0"
 

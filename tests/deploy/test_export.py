@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from shufflenet import create_model, deploy
+from shufflenet.checkpoints import make_checkpoint, save_checkpoint
 from shufflenet.cli import main
 from shufflenet.transforms import Preprocessing
-from shufflenet.weights import make_checkpoint, save_checkpoint
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

@@ -3,7 +3,7 @@ import torch
 import torchvision
 
 from shufflenet import create_model, tables
-from shufflenet.weights import load_pretrained
+from shufflenet.checkpoints import load_pretrained
 
 TORCHVISION_BUILDERS = {
     "shufflenet_v2_x0_5": torchvision.models.shufflenet_v2_x0_5,

@@ -8,9 +8,9 @@ import sys
 from torch import nn
 
 from shufflenet import bench, deploy
+from shufflenet.checkpoints import CHECKPOINT_FORMAT, load_model, read_file
 from shufflenet.cli.common import format_table, write_json
 from shufflenet.models import create_model, list_models
-from shufflenet.weights import CHECKPOINT_FORMAT, load_model, read_file
 
 
 def _int_list(text: str) -> list[int]:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from shufflenet.converters import SOURCES, convert_checkpoint
-from shufflenet.weights import save_checkpoint
+from shufflenet.checkpoints import SOURCES, convert_checkpoint, save_checkpoint
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -43,12 +43,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo and print what it reached and where the files are."""
+    from shufflenet.checkpoints import load_model
     from shufflenet.cli.common import setup_logging
     from shufflenet.data import load_image, make_digits_dataset
     from shufflenet.evaluation import evaluate, load_eval_dataset, predict
     from shufflenet.plots import plot_predictions
     from shufflenet.training import train
-    from shufflenet.weights import load_model
 
     setup_logging(args.quiet)
     started = time.perf_counter()

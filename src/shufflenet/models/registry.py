@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 ModelBuilder = Callable[..., nn.Module]
+WeightsLoader = Callable[[nn.Module, str | Path], Any]
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,14 @@ class ModelInfo:
 
 _BUILDERS: dict[str, ModelBuilder] = {}
 _INFO: dict[str, ModelInfo] = {}
+# Installed by shufflenet.checkpoints (its load_pretrained): models import no checkpoint code themselves.
+_weights_loader: WeightsLoader | None = None
+
+
+def set_weights_loader(loader: WeightsLoader) -> None:
+    """Install the function ``create_model(name, weights=PATH)`` calls as ``loader(model, PATH)``."""
+    global _weights_loader
+    _weights_loader = loader
 
 
 def register_model(info: ModelInfo, builder: ModelBuilder) -> ModelBuilder:
@@ -68,10 +77,10 @@ def model_builder(name: str) -> ModelBuilder:
 
 
 def create_model(name: str, num_classes: int = 1000, weights: str | Path | None = None, **kwargs: Any) -> nn.Module:
-    """Build a registered model; with ``weights``, load a checkpoint file into it (see shufflenet.weights)."""
+    """Build a registered model; with ``weights``, load a checkpoint file into it (see shufflenet.checkpoints)."""
     model = model_builder(name)(num_classes=num_classes, **kwargs)
     if weights is not None:
-        from shufflenet.weights import load_pretrained
-
-        load_pretrained(model, weights)
+        if _weights_loader is None:
+            raise RuntimeError("create_model(weights=...) needs the checkpoint loader: import shufflenet.checkpoints")
+        _weights_loader(model, weights)
     return model

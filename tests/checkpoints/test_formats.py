@@ -21,15 +21,17 @@ from PIL import Image
 from torch import Tensor, nn
 from torchvision.transforms import v2 as T
 
-from shufflenet import converters
+from shufflenet import checkpoints
+from shufflenet.checkpoints import CheckpointError, load_model, load_pretrained
+from shufflenet.checkpoints.formats import v1_shuffle
+from shufflenet.checkpoints.formats.megvii import MEGVII_PREPROCESSING
+from shufflenet.checkpoints.formats.mmpretrain import MMPRETRAIN_PREPROCESSING
 from shufflenet.cli import main
-from shufflenet.converters import MEGVII_PREPROCESSING, MMPRETRAIN_PREPROCESSING
 from shufflenet.models import create_model
 from shufflenet.models.v1 import ShuffleUnit
-from shufflenet.weights import CheckpointError, load_model, load_pretrained
 
 CROP, RESIZE = 48, 56
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # megvii-model/ShuffleNet-Series ShuffleNetV1/network.py: stem + stage channels per (group, model size).
 MEGVII_SIZES = {
     (3, "0.5x"): (12, 120, 240, 480),
@@ -387,7 +389,7 @@ def test_megvii_unit_relabels_exactly_when_the_routing_counts_agree(
     for order in ("paper", "megvii"):
         ours = ShuffleUnit(cin, cout, stride, group, compress_groups != 1, shuffle_order=order).double().eval()
         our_src = ours.shuffle(torch.arange(channels).view(1, -1, 1, 1).double()).flatten().long()
-        perm = converters.unit_permutation(channels, group, compress_groups, our_src, megvii_src)
+        perm = v1_shuffle.unit_permutation(channels, group, compress_groups, our_src, megvii_src)
         if order == "paper" and not counts_agree:
             assert perm is None
             continue
@@ -420,9 +422,9 @@ def test_the_g8_sizes_that_need_the_megvii_order_are_the_ones_docs_name() -> Non
     needs_option = set()
     for group, size, _, cout, _, compress_groups in megvii_units():
         channels = cout // 4
-        paper = converters.shuffle_sources(channels, group, "paper")
-        megvii = converters.shuffle_sources(channels, group, "megvii")
-        if converters.unit_permutation(channels, group, compress_groups, paper, megvii) is None:
+        paper = v1_shuffle.shuffle_sources(channels, group, "paper")
+        megvii = v1_shuffle.shuffle_sources(channels, group, "megvii")
+        if v1_shuffle.unit_permutation(channels, group, compress_groups, paper, megvii) is None:
             needs_option.add((group, size))
     assert needs_option == {(8, "0.5x"), (8, "1.0x"), (8, "1.5x")}
     docs = (REPO / "docs" / "pretrained.md").read_text()
@@ -431,11 +433,11 @@ def test_the_g8_sizes_that_need_the_megvii_order_are_the_ones_docs_name() -> Non
 
 def test_shuffle_sources_are_the_two_reshapes() -> None:
     x = torch.arange(24).view(1, 24, 1, 1).double()
-    assert torch.equal(converters.shuffle_sources(24, 3, "megvii"), megvii_shuffle(x, 3).flatten().long())
-    assert torch.equal(converters.shuffle_sources(24, 3, "paper"), paper_shuffle(x, 3).flatten().long())
+    assert torch.equal(v1_shuffle.shuffle_sources(24, 3, "megvii"), megvii_shuffle(x, 3).flatten().long())
+    assert torch.equal(v1_shuffle.shuffle_sources(24, 3, "paper"), paper_shuffle(x, 3).flatten().long())
     # inverse permutations of each other
     assert torch.equal(
-        converters.shuffle_sources(24, 3, "paper")[converters.shuffle_sources(24, 3, "megvii")], torch.arange(24)
+        v1_shuffle.shuffle_sources(24, 3, "paper")[v1_shuffle.shuffle_sources(24, 3, "megvii")], torch.arange(24)
     )
 
 
@@ -446,7 +448,7 @@ def test_megvii_g3_file_loads_via_create_model_with_identical_outputs(
     reference = megvii_reference(3, "0.5x", photos)
     path = save_megvii(reference, tmp_path / "snetv1_group3_0.5x.pth.tar")
     model = create_model("shufflenet_v1_g3_x0_5", num_classes=10)
-    with caplog.at_level(logging.INFO, logger="shufflenet.converters"):
+    with caplog.at_level(logging.INFO, logger="shufflenet.checkpoints"):
         report = load_pretrained(model, path)
     assert report.source_format == "megvii ShuffleNet v1"
     assert "detected a megvii ShuffleNet v1 checkpoint" in caplog.text
@@ -470,7 +472,7 @@ def test_mmpretrain_preprocessing_is_rgb_mean_std_on_0_255(photos: list[Image.Im
 def test_megvii_g8_file_needs_and_records_the_megvii_shuffle_order(tmp_path: Path, photos: list[Image.Image]) -> None:
     reference = megvii_reference(8, "0.5x", photos)
     path = save_megvii(reference, tmp_path / "snetv1_group8_0.5x.pth.tar")
-    with pytest.raises(converters.ShuffleOrderError, match=r"stage2\.1 .*shuffle_order='megvii'"):
+    with pytest.raises(checkpoints.ShuffleOrderError, match=r"stage2\.1 .*shuffle_order='megvii'"):
         create_model("shufflenet_v1_g8_x0_5", num_classes=10, weights=path)
     model = create_model("shufflenet_v1_g8_x0_5", num_classes=10, shuffle_order="megvii", weights=path)
     expected = reference_logits(reference, megvii_input, photos)
@@ -573,7 +575,7 @@ def test_wrong_shape_names_the_key_and_the_model_the_file_fits(megvii_file: Path
     with pytest.raises(
         CheckpointError, match=r"megvii\.pth\.tar: .*'features\.7\.branch_main_1\.1\.bias' has shape \(5,\)"
     ):
-        converters.convert_checkpoint(megvii_file, "shufflenet_v1_g3_x0_5", "megvii")
+        checkpoints.convert_checkpoint(megvii_file, "shufflenet_v1_g3_x0_5", "megvii")
     out = tmp_path / "o.pt"
     assert main(["convert", "--from", "megvii", "--model", "shufflenet_v1_g3_x0_5", str(megvii_file), str(out)]) == 2
     assert not out.exists()
@@ -590,7 +592,7 @@ def test_another_architecture_is_refused_by_name(megvii_file: Path, tmp_path: Pa
     with pytest.raises(
         CheckpointError, match=r"is a mmpretrain ShuffleNet v2 checkpoint, not megvii; use --from mmpretrain"
     ):
-        converters.convert_checkpoint(v2, source="megvii")
+        checkpoints.convert_checkpoint(v2, source="megvii")
     mm_g8 = save_mmpretrain(MmClassifier(MmBackboneV1(8, 1.0), 10), tmp_path / "g8.pth", [])
     with pytest.raises(CheckpointError, match=r"'backbone\.layers\.0\.0\.g_conv_1x1_compress\.conv\.weight' has shape"):
         create_model("shufflenet_v1_g3_x1_0", weights=mm_g8)
@@ -607,7 +609,7 @@ def test_megvii_v2_files_get_a_clear_refusal(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="megvii ShuffleNetV2-family checkpoint"):
         create_model("shufflenet_v2_x1_0", weights=path)
     with pytest.raises(CheckpointError, match="megvii ShuffleNetV2-family checkpoint"):
-        converters.convert_checkpoint(path, source="megvii")
+        checkpoints.convert_checkpoint(path, source="megvii")
 
 
 def test_model_names_are_inferred_from_shapes_for_every_megvii_size() -> None:
@@ -615,7 +617,7 @@ def test_model_names_are_inferred_from_shapes_for_every_megvii_size() -> None:
         with torch.device("meta"):
             state = MegviiV1(group, size, 1000).state_dict()
         expected = f"shufflenet_v1_g{group}_x{size[:-1].replace('.', '_')}"
-        assert converters.infer_model_name({"state_dict": state}) == expected
+        assert checkpoints.infer_model_name({"state_dict": state}) == expected
 
 
 def test_every_foreign_layout_round_trips_every_key(tmp_path: Path) -> None:
@@ -650,7 +652,7 @@ def test_megvii_order_changes_the_function() -> None:
 
 @pytest.mark.parametrize(("group", "grouped_compress"), list(itertools.product([2, 4], [False, True])))
 def test_unit_permutation_is_the_identity_for_equal_orders(group: int, grouped_compress: bool) -> None:
-    src = converters.shuffle_sources(8 * group, group, "paper")
-    perm = converters.unit_permutation(8 * group, group, group if grouped_compress else 1, src, src)
+    src = v1_shuffle.shuffle_sources(8 * group, group, "paper")
+    perm = v1_shuffle.unit_permutation(8 * group, group, group if grouped_compress else 1, src, src)
     assert perm is not None and torch.equal(perm.compress, torch.arange(8 * group))
     assert all(torch.equal(index, torch.arange(8)) for index in perm.expand)

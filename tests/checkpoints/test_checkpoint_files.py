@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from shufflenet import create_model
-from shufflenet.transforms import Preprocessing
-from shufflenet.weights import (
+from shufflenet.checkpoints import (
     CheckpointError,
     load_checkpoint,
     load_model,
@@ -17,6 +16,7 @@ from shufflenet.weights import (
     save_checkpoint,
     unwrap_state_dict,
 )
+from shufflenet.transforms import Preprocessing
 
 ARCH = "shufflenet_v1_g3_x0_25"
 
