@@ -1,10 +1,14 @@
-"""``shufflenet models``: every registered model with params, MFLOPs and MAC beside the paper's figure."""
+"""``shufflenet models``: every registered model with params, MFLOPs and MAC beside the paper's figure.
+
+``--features`` lists the backbone's feature levels instead: channels and stride of each ``out_indices`` entry.
+"""
 
 from __future__ import annotations
 
 import argparse
 
 from shufflenet.analysis import model_table
+from shufflenet.backbone import feature_table
 from shufflenet.cli.common import format_table, write_json
 from shufflenet.models import list_models
 
@@ -25,6 +29,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("pattern", nargs="?", default="*", help="shell pattern, e.g. 'shufflenet_v1_g3_*'")
     parser.add_argument("--img-size", type=int, default=224, help="input size for FLOPs/MAC (default 224)")
     parser.add_argument("--json", metavar="FILE", help="write the table as JSON ('-' for stdout)")
+    parser.add_argument(
+        "--features", action="store_true", help="feature levels (out_indices) with channels and strides instead"
+    )
     parser.set_defaults(func=run)
 
 
@@ -33,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     names = list_models(args.pattern)
     if not names:
         raise ValueError(f"no model matches {args.pattern!r}; try `shufflenet models` for all names")
+    if args.features:
+        return _print_features(names, args.json)
     rows = model_table(names, (args.img_size, args.img_size))
     if args.json:
         write_json(args.json, rows)
@@ -41,4 +50,21 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(rows, COLUMNS))
     size = f"{args.img_size}x{args.img_size}"
     print(f"\nFLOPs = multiply-adds; MAC = elements read + written (v2 paper, Sec. 2), at {size}.")
+    return 0
+
+
+def _print_features(names: list[str], json_path: str | None) -> int:
+    rows = feature_table(names)
+    if json_path:
+        write_json(json_path, rows)
+        if json_path == "-":
+            return 0
+    num_levels = max(len(row["levels"]) for row in rows)
+    first = max(rows, key=lambda row: len(row["levels"]))["levels"]
+    columns = [("name", "model")] + [
+        (str(i), f"{i}: {first[i]['module']} /{first[i]['reduction']}") for i in range(num_levels)
+    ]
+    table = [{"name": row["name"], **{str(lvl["index"]): lvl["num_chs"] for lvl in row["levels"]}} for row in rows]
+    print(format_table(table, columns))
+    print("\nChannels per out_indices entry (header: index: module /stride); default out_indices (0, 1, 2, 3).")
     return 0

@@ -6,6 +6,7 @@ from functools import partial
 from typing import Any
 
 from shufflenet import tables
+from shufflenet.models.features import FeatureInfo, ShuffleNetFeatures, feature_info
 from shufflenet.models.ops import ChannelShuffle, channel_shuffle
 from shufflenet.models.registry import (
     ModelInfo,
@@ -70,11 +71,14 @@ _register_all()
 
 __all__ = [
     "ChannelShuffle",
+    "FeatureInfo",
     "ModelInfo",
+    "ShuffleNetFeatures",
     "ShuffleNetV1",
     "ShuffleNetV2",
     "channel_shuffle",
     "create_model",
+    "feature_info",
     "list_models",
     "model_builder",
     "model_info",

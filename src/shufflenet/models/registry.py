@@ -76,11 +76,28 @@ def model_builder(name: str) -> ModelBuilder:
     return _BUILDERS[name]
 
 
-def create_model(name: str, num_classes: int = 1000, weights: str | Path | None = None, **kwargs: Any) -> nn.Module:
-    """Build a registered model; with ``weights``, load a checkpoint file into it (see shufflenet.checkpoints)."""
+def create_model(
+    name: str,
+    num_classes: int = 1000,
+    weights: str | Path | None = None,
+    features_only: bool = False,
+    out_indices: tuple[int, ...] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a registered model; with ``weights``, load a checkpoint file into it (see shufflenet.checkpoints).
+
+    ``features_only=True`` returns the backbone: a module giving the list of feature maps at ``out_indices``
+    (default strides 4, 8, 16, 32; see shufflenet.models.features), with the weights loaded and ``fc`` dropped.
+    """
+    if out_indices is not None and not features_only:
+        raise ValueError("out_indices selects feature levels; pass features_only=True with it")
     model = model_builder(name)(num_classes=num_classes, **kwargs)
     if weights is not None:
         if _weights_loader is None:
             raise RuntimeError("create_model(weights=...) needs the checkpoint loader: import shufflenet.checkpoints")
         _weights_loader(model, weights)
+    if features_only:
+        from shufflenet.models.features import ShuffleNetFeatures
+
+        return ShuffleNetFeatures(model, out_indices)
     return model
