@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -12,6 +12,8 @@ from torchvision.transforms import v2 as T
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_CROP_PCT = 0.875  # ImageNet's 224/256; checkpoints that predate eval crops store exactly this
+AUTO_AUGMENT = {"trivialaugment": T.TrivialAugmentWide, "randaugment": T.RandAugment}
 
 
 @dataclass(frozen=True)
@@ -33,9 +35,22 @@ class Preprocessing:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def for_size(cls, crop_size: int, **kwargs: Any) -> Preprocessing:
-        """Preprocessing for a crop size, resizing by the usual 256/224 ratio."""
-        return cls(crop_size=crop_size, resize_size=round(crop_size * 256 / 224), **kwargs)
+    def for_size(cls, crop_size: int, crop_pct: float = DEFAULT_CROP_PCT, **kwargs: Any) -> Preprocessing:
+        """Preprocessing for a crop size; the shorter side is resized to ``crop_size / crop_pct`` (224/256 usual)."""
+        if not 0.0 < crop_pct <= 1.0:
+            raise ValueError(f"crop_pct (eval crop) must be in (0, 1], got {crop_pct}")
+        return cls(crop_size=crop_size, resize_size=round(crop_size / crop_pct), **kwargs)
+
+    @property
+    def crop_pct(self) -> float:
+        """timm's crop_pct: the fraction of the resized shorter side that the centre crop keeps."""
+        return self.crop_size / self.resize_size
+
+    def with_crop_pct(self, crop_pct: float) -> Preprocessing:
+        """The same preprocessing with another eval crop (1.0: resize the shorter side to the crop size)."""
+        if not 0.0 < crop_pct <= 1.0:
+            raise ValueError(f"eval crop must be in (0, 1], got {crop_pct}")
+        return replace(self, resize_size=round(self.crop_size / crop_pct))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (stored in checkpoints and ONNX metadata)."""
@@ -97,23 +112,36 @@ class Preprocessing:
 # Training and validation transforms on uint8 images, normalised a whole batch at a time.
 
 
-def train_transform(preprocessing: Preprocessing, crop_scale: float = 0.08, hflip: bool = True) -> T.Transform:
-    """Training augmentation to a uint8 tensor: RandomResizedCrop(scale=(crop_scale, 1)), optional flip.
+def train_transform(
+    preprocessing: Preprocessing,
+    crop_scale: float = 0.08,
+    hflip: bool = True,
+    size: int | None = None,
+    auto_augment: str | None = None,
+    random_erase: float = 0.0,
+) -> T.Transform:
+    """Training augmentation to a uint8 tensor: RandomResizedCrop(size, scale=(crop_scale, 1)), optional flip,
+    TrivialAugmentWide or RandAugment, RandomErasing (torchvision's reference order).
 
+    ``size`` defaults to the preprocessing's crop size (torchvision's recipe trains smaller than it evaluates).
     Images stay uint8 until :func:`batch_normalizer` turns whole batches into the model's input: converting
     and normalising image by image costs more than decoding a photo (docs/training.md).
     """
+    interpolation = T.InterpolationMode(preprocessing.interpolation)
     steps: list[T.Transform] = [
         T.ToImage(),
         T.RandomResizedCrop(
-            preprocessing.crop_size,
-            scale=(crop_scale, 1.0),
-            interpolation=T.InterpolationMode(preprocessing.interpolation),
-            antialias=True,
+            size or preprocessing.crop_size, scale=(crop_scale, 1.0), interpolation=interpolation, antialias=True
         ),
     ]
     if hflip:
         steps.append(T.RandomHorizontalFlip())
+    if auto_augment is not None:
+        if auto_augment not in AUTO_AUGMENT:
+            raise ValueError(f"auto_augment must be one of {', '.join(AUTO_AUGMENT)}; got {auto_augment!r}")
+        steps.append(AUTO_AUGMENT[auto_augment](interpolation=interpolation))
+    if random_erase > 0:
+        steps.append(T.RandomErasing(p=random_erase))
     return T.Compose(steps)
 
 

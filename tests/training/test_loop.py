@@ -27,7 +27,8 @@ def test_run_folder_holds_every_file(image_tree: Path, tmp_path: Path) -> None:
     assert len(rows) == 1 and float(rows[0]["val_acc"]) == pytest.approx(result.history[0]["val_acc"], abs=1e-5)
     assert json.loads((run / "class_indices.json").read_text()) == {"0": "cat", "1": "dog"}
     config = json.loads((run / "config.json").read_text())
-    assert config["options"]["model"] == "shufflenet_v2_x0_5" and config["options"]["optimizer"] == "adam"
+    assert config["options"]["model"] == "shufflenet_v2_x0_5" and config["options"]["optimizer"] == "adamw"
+    assert config["options"]["recipe"] == "scratch"  # no --weights
     assert config["versions"]["torch"] == torch.__version__
     assert config["resolved"]["train_images"] == 26  # 24 JPEGs + grayscale + RGBA, converted to RGB
     # The two unreadable files are named in the run's log, with a count; the .txt is not an image at all.

@@ -26,6 +26,24 @@ def add_inference_options(parser: argparse.ArgumentParser) -> None:
         help="run through shufflenet.deploy.compile_for_inference with this backend (default: plain PyTorch)",
     )
     parser.add_argument("--precision", choices=PRECISIONS, help="with --backend: fp32 (default), bf16 or int8")
+    add_eval_crop_option(parser)
+
+
+def add_eval_crop_option(parser: argparse.ArgumentParser) -> None:
+    """``--eval-crop``: override the checkpoint's eval crop (crop_pct) for eval, predict and export."""
+    parser.add_argument(
+        "--eval-crop",
+        type=float,
+        metavar="PCT",
+        help="fraction of the resized image the centre crop keeps (default: the checkpoint's; 1.0 = whole "
+        "shorter side, 0.875 = ImageNet's 224 of 256)",
+    )
+
+
+def apply_eval_crop(model: nn.Module, eval_crop: float | None) -> None:
+    """Give ``model.preprocessing`` the eval crop asked for on the command line (None: keep the checkpoint's)."""
+    if eval_crop is not None:
+        model.preprocessing = model.preprocessing.with_crop_pct(eval_crop)
 
 
 def inference_function(
@@ -81,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(args.quiet)
     device = resolve_device(args.device)
     model = load_model(args.weights, device=device)
+    apply_eval_crop(model, args.eval_crop)
     dataset, skipped = load_eval_dataset(args.data, model.class_names, model.preprocessing)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
     function = inference_function(model, args.backend, args.precision, (images for images, _ in loader))

@@ -7,6 +7,7 @@ import argparse
 import torch
 
 from shufflenet import deploy
+from shufflenet.cli.evaluate import add_eval_crop_option, apply_eval_crop
 from shufflenet.weights import load_model
 
 
@@ -29,6 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="ONNX, v2: export each unit's concat + shuffle as the paper writes it (Concat, Reshape -> Transpose "
         "-> Reshape) instead of one interleaving Concat (same values; the default runs faster in OpenVINO)",
     )
+    add_eval_crop_option(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-PyTorch check")
     parser.set_defaults(func=run)
@@ -37,6 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Export, verify and print a one-paragraph summary."""
     model = load_model(args.weights)
+    apply_eval_crop(model, args.eval_crop)
     if args.img_size is not None and args.img_size < 32:
         raise ValueError(f"--img-size must be at least 32, got {args.img_size}")
     if args.format == "onnx":

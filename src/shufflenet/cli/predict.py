@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from shufflenet.cli.common import write_json
-from shufflenet.cli.evaluate import add_inference_options, inference_function
+from shufflenet.cli.evaluate import add_inference_options, apply_eval_crop, inference_function
 
 MAX_FIGURE_IMAGES = 64
 
@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     setup_logging()
     device = resolve_device(args.device)
     model = load_model(args.weights, device=device)
+    apply_eval_crop(model, args.eval_crop)
     paths = list_image_paths(args.paths)
     function = inference_function(model, args.backend, args.precision, _batches(paths, model, args.batch_size))
     if function is not model:

@@ -8,6 +8,8 @@ import sys
 
 from shufflenet.cli.common import setup_logging
 from shufflenet.training import AMP_MODES, OPTIMIZERS, SCHEDULES, TrainConfig
+from shufflenet.training.config import AUTO_AUGMENTS
+from shufflenet.training.recipes import RECIPES
 
 DEFAULTS = TrainConfig()
 
@@ -27,18 +29,37 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", metavar="RUN", required=True, help="run folder")
     parser.add_argument("--model", metavar="NAME", help=f"architecture (default {d.model}; `shufflenet models`)")
     parser.add_argument("--weights", metavar="FILE", help="pretrained .pth/.safetensors to start from")
+    parser.add_argument(
+        "--recipe",
+        choices=list(RECIPES),
+        help="preset of the options below (default: finetune with --weights, scratch without; docs/training.md); "
+        "options given explicitly override it",
+    )
     parser.add_argument("--freeze-backbone", action="store_true", default=None, help="train the classifier only")
-    parser.add_argument("--epochs", type=int, help=f"total epochs (default {d.epochs})")
-    parser.add_argument("--batch-size", type=int, help=f"images per step and process (default {d.batch_size})")
-    parser.add_argument("--lr", type=float, help=f"learning rate (default {d.lr:g})")
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default {d.optimizer}")
-    parser.add_argument("--weight-decay", type=float, help="default 0 for adam, 0.05 adamw, 4e-5 sgd; never on BN/bias")
+    parser.add_argument("--epochs", type=int, help="total epochs (recipe's)")
+    parser.add_argument("--batch-size", type=int, help="images per step and process (recipe's)")
+    parser.add_argument("--lr", type=float, help="learning rate (recipe's)")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, help="recipe's")
+    parser.add_argument("--weight-decay", type=float, help="recipe's; never on BatchNorm or biases")
     parser.add_argument("--momentum", type=float, help=f"SGD momentum (default {d.momentum})")
-    parser.add_argument("--schedule", choices=SCHEDULES, help=f"learning-rate schedule (default {d.schedule})")
-    parser.add_argument("--warmup-epochs", type=float, help="linear warm-up length (default 0)")
-    parser.add_argument("--label-smoothing", type=float, help="default 0")
-    parser.add_argument("--img-size", type=int, help=f"crop size S (default {d.img_size}; eval resizes to S*256/224)")
-    parser.add_argument("--crop-scale", type=float, help=f"smallest RandomResizedCrop area (default {d.crop_scale})")
+    parser.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (recipe's)")
+    parser.add_argument("--warmup-epochs", type=float, help="linear warm-up length (recipe's)")
+    parser.add_argument("--label-smoothing", type=float, help="recipe's")
+    parser.add_argument("--img-size", type=int, help=f"training crop size S (default {d.img_size})")
+    parser.add_argument("--eval-size", type=int, help="validation crop size (default: S)")
+    parser.add_argument(
+        "--eval-crop", type=float, metavar="PCT", help="validation keeps PCT of the resized image (crop_pct; recipe's)"
+    )
+    parser.add_argument("--crop-scale", type=float, help="smallest RandomResizedCrop area (recipe's)")
+    parser.add_argument(
+        "--auto-augment", choices=[*AUTO_AUGMENTS, "none"], help="TrivialAugmentWide, RandAugment or none (recipe's)"
+    )
+    parser.add_argument("--random-erase", type=float, metavar="P", help="RandomErasing probability (recipe's)")
+    parser.add_argument("--mixup-alpha", type=float, help="MixUp on batches (recipe's; 0 off)")
+    parser.add_argument("--cutmix-alpha", type=float, help="CutMix on batches (recipe's; 0 off)")
+    parser.add_argument(
+        "--ema-epochs", type=float, help="EMA of the weights with this time constant (recipe's; 0 off): best_ema.pt"
+    )
     parser.add_argument("--no-hflip", dest="hflip", action="store_false", default=None, help="no horizontal flips")
     parser.add_argument(
         "--val-split", type=float, help=f"validation fraction for one-tree data (default {d.val_split})"
@@ -74,6 +95,8 @@ def options_from_args(args: argparse.Namespace) -> dict[str, object]:
     """The TrainConfig options given on the command line (omitted ones keep defaults or the resumed run's)."""
     names = [f for f in TrainConfig.__dataclass_fields__ if f != "progress"]
     options = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    if options.get("auto_augment") == "none":
+        options["auto_augment"] = None  # given, so it overrides the recipe's
     options["progress"] = not args.quiet and sys.stderr.isatty()
     return options
 

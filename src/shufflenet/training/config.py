@@ -9,6 +9,7 @@ from shufflenet.devices import AMP_MODES, DEVICES
 
 __all__ = [
     "AMP_MODES",
+    "AUTO_AUGMENTS",
     "DEFAULT_WEIGHT_DECAY",
     "DEVICES",
     "OPTIMIZERS",
@@ -18,7 +19,8 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "linear")
+AUTO_AUGMENTS = ("trivialaugment", "randaugment")
 # Weight decay when none is given: the seed's Adam has none; SGD uses the ShuffleNet papers' 4e-5.
 DEFAULT_WEIGHT_DECAY = {"adam": 0.0, "adamw": 0.05, "sgd": 4e-5}
 # Options that may change when a run is resumed; the others define the run and are kept from last.pt.
@@ -40,12 +42,21 @@ class TrainConfig:
     optimizer: str = "adam"
     weight_decay: float | None = None  # None: DEFAULT_WEIGHT_DECAY[optimizer]; never applied to BN or biases
     momentum: float = 0.9  # SGD only
-    schedule: str = "constant"  # or "cosine" (per step, after warm-up)
+    schedule: str = "constant"  # "cosine" or "linear" decay to 0 (per step, after warm-up)
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     img_size: int = 224
     crop_scale: float = 0.08  # smallest area fraction of RandomResizedCrop
     hflip: bool = True
+    # Recipes (shufflenet.training.recipes) set the fields below and above; explicitly given options win.
+    recipe: str | None = None  # finetune, scratch, megvii, torchvision; None: finetune with weights, else scratch
+    eval_size: int | None = None  # validation crop size (None: img_size)
+    eval_crop: float = 0.875  # timm's crop_pct: validation resizes the shorter side to eval_size / eval_crop
+    auto_augment: str | None = None  # "trivialaugment" (TrivialAugmentWide) or "randaugment"
+    random_erase: float = 0.0  # probability of RandomErasing per image
+    mixup_alpha: float = 0.0  # MixUp's Beta(alpha, alpha) on batches (0: off)
+    cutmix_alpha: float = 0.0  # CutMix's; with both, each batch gets one of the two
+    ema_epochs: float = 0.0  # time constant, in epochs, of an EMA of the weights (0: no EMA)
     val_split: float = 0.2
     seed: int = 0
     device: str = "auto"  # auto: cuda, then mps, then cpu
@@ -61,9 +72,11 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Check option values; raises ValueError naming the option and what is allowed."""
         choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "amp": AMP_MODES, "device": DEVICES}
+        choices["auto_augment"] = (None, *AUTO_AUGMENTS)
         for name, allowed in choices.items():
             value = getattr(self, name)
             if value not in allowed and not (name == "device" and str(value).split(":")[0] in DEVICES):
+                allowed = [a for a in allowed if a is not None]
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "img_size": self.img_size, "lr": self.lr}
         for name, value in positive.items():
@@ -75,6 +88,16 @@ class TrainConfig:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0.0 < self.crop_scale <= 1.0:
             raise ValueError(f"crop_scale must be in (0, 1], got {self.crop_scale}")
+        if not 0.0 < self.eval_crop <= 1.0:
+            raise ValueError(
+                f"eval_crop must be in (0, 1] (the fraction of the resized image kept), got {self.eval_crop}"
+            )
+        if self.eval_size is not None and self.eval_size < 16:
+            raise ValueError(f"eval_size must be >= 16 pixels, got {self.eval_size}")
+        if not 0.0 <= self.random_erase <= 1.0:
+            raise ValueError(f"random_erase must be a probability in [0, 1], got {self.random_erase}")
+        if min(self.mixup_alpha, self.cutmix_alpha, self.ema_epochs) < 0:
+            raise ValueError("mixup_alpha, cutmix_alpha and ema_epochs must be >= 0")
         if self.warmup_epochs < 0 or (self.weight_decay is not None and self.weight_decay < 0):
             raise ValueError("warmup_epochs and weight_decay must be >= 0")
         if self.workers is not None and self.workers < 0:

@@ -46,7 +46,7 @@ class TrainData:
 
 def build_data(cfg: TrainConfig, dist: Distributed, run_dir: Path, split_existed: bool) -> TrainData:
     """train/ + val/ folders, or one class tree split (seeded, stratified) and saved to split.json."""
-    preprocessing = Preprocessing.for_size(cfg.img_size)
+    preprocessing = Preprocessing.for_size(cfg.eval_size or cfg.img_size, crop_pct=cfg.eval_crop)
     # Rank 0 writes split.json; the others compute the same seeded split, or read the file if it already was.
     use_split_file = dist.is_main or (split_existed and detect_layout(cfg.data) == "split")
     bundle = build_datasets(
@@ -57,7 +57,9 @@ def build_data(cfg: TrainConfig, dist: Distributed, run_dir: Path, split_existed
         split_file=run_dir / SPLIT_FILE if use_split_file else None,
         draft=True,
     )
-    bundle.train.transform = train_transform(preprocessing, cfg.crop_scale, cfg.hflip)
+    bundle.train.transform = train_transform(
+        preprocessing, cfg.crop_scale, cfg.hflip, cfg.img_size, cfg.auto_augment, cfg.random_erase
+    )
     bundle.val.transform = eval_transform(preprocessing)
     # Half the budget each: the auto cache is for datasets that fit in memory many times over.
     train_data = maybe_cache(cfg.cache_images, bundle.train, preprocessing, CACHE_BUDGET // 2)

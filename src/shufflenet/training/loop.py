@@ -23,10 +23,13 @@ from shufflenet.devices import resolve_amp
 from shufflenet.evaluation import EvalResult, eval_result, eval_sums, progress_bar
 from shufflenet.models import create_model
 from shufflenet.training import run_folder
+from shufflenet.training.augment import batch_mixer, hard_labels
 from shufflenet.training.config import TrainConfig
 from shufflenet.training.distributed import Distributed
+from shufflenet.training.ema import build_ema, ema_state, restore_ema
 from shufflenet.training.loaders import TrainData, build_data
 from shufflenet.training.optim import build_optimizer, build_scheduler
+from shufflenet.training.recipes import resolve_recipe
 from shufflenet.training.signals import StopRequest
 from shufflenet.training.state import (
     ResumePoint,
@@ -85,11 +88,12 @@ def train(config: TrainConfig | None = None, /, **options: Any) -> TrainResult:
 def _train(cfg: TrainConfig, explicit: set[str], dist: Distributed, stop: StopRequest) -> TrainResult:
     # The run folder is checked by every rank before rank 0 writes into it.
     run_dir = Path(cfg.out)
-    resume_from, ignored = None, []
+    resume_from, ignored, notes = None, [], []
     if cfg.resume:
         resume_from = read_last_checkpoint(run_dir)
-        cfg, ignored = resumed_config(resume_from, cfg, explicit)
+        cfg, ignored = resumed_config(resume_from, cfg, explicit)  # keeps the run's recipe and its values
     else:
+        cfg, notes = resolve_recipe(cfg, explicit)
         run_folder.check_new_run_dir(run_dir, cfg.overwrite)
     if cfg.data is None:
         raise ValueError("no data directory given: pass --data DIR")
@@ -102,6 +106,8 @@ def _train(cfg: TrainConfig, explicit: set[str], dist: Distributed, stop: StopRe
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         with run_folder.log_to_file(run_dir / "train.log" if dist.is_main else None):
+            for message in notes:
+                log.info(message)
             for message in ignored:
                 log.warning(message)
             return _train_in_run_dir(cfg, run_dir, resume_from, split_existed, dist, stop)
@@ -135,13 +141,16 @@ def _train_in_run_dir(
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
     scheduler = build_scheduler(optimizer, cfg.schedule, warmup_steps, cfg.epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)  # also takes mixed (soft) targets
+    mixer = batch_mixer(cfg.mixup_alpha, cfg.cutmix_alpha, len(class_names))
+    ema = build_ema(model, cfg.ema_epochs, steps_per_epoch)
     objects = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
 
     # ---- resume: weights, optimizer, schedule, RNG, history and a partly done epoch, from last.pt
     at = ResumePoint()
     if resume_from is not None:
         at = restore(resume_from, run_dir, cfg, class_names, objects, dist)
+        restore_ema(ema, resume_from, model)
     history, best_val_acc, best_epoch = at.history, at.best_val_acc, at.best_epoch
     raw_model = model
     if dist.world_size > 1:
@@ -157,7 +166,8 @@ def _train_in_run_dir(
 
     def save_last(epoch: int, step: int, sums: torch.Tensor, seconds: float) -> None:
         point = ResumePoint(epoch, step, history, best_val_acc, best_epoch, sums, seconds)
-        save_checkpoint(run_dir / "last.pt", last_checkpoint(checkpoint(), objects, point, dist.world_size))
+        last = last_checkpoint(checkpoint(), objects, point, dist.world_size)
+        save_checkpoint(run_dir / "last.pt", {**last, **ema_state(ema)})
 
     # ---- the loop
     stopped, message = None, ""
@@ -177,6 +187,9 @@ def _train_in_run_dir(
         for images, targets in data.train_loader:
             images = normalize(images.to(device, non_blocking=True, memory_format=memory_format))
             targets = targets.to(device, non_blocking=True)
+            if mixer is not None:  # soft targets (N, classes)
+                images, targets = mixer(images, targets)
+                images = images.contiguous(memory_format=memory_format)
             with autocast():
                 logits = model(images)
             loss = criterion(logits.float(), targets)
@@ -193,11 +206,13 @@ def _train_in_run_dir(
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            if ema is not None:
+                ema.update_parameters(raw_model)
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             step += 1
             with torch.no_grad():
-                correct = (logits.argmax(1) == targets).sum()
+                correct = (logits.argmax(1) == hard_labels(targets)).sum()
             sums += torch.tensor([loss.item() * len(targets), correct.item(), len(targets)], dtype=torch.float64)
             _update_bar(bar, sums, seconds_before + time.perf_counter() - started, dist.world_size)
         if bar is not None:
@@ -229,6 +244,12 @@ def _train_in_run_dir(
             "epoch_seconds": seconds_before + time.perf_counter() - started,
             "train_img_per_s": train_count / train_seconds,
         }
+        improved_ema = False
+        if ema is not None:
+            ema_val = _evaluate_shards(ema.module, data, device, amp_dtype, memory_format, dist)
+            best_ema = max((r.get("val_acc_ema", -1.0) for r in history), default=-1.0)
+            row.update(val_loss_ema=ema_val.loss, val_acc_ema=ema_val.top1)
+            improved_ema = ema_val.top1 > best_ema
         history.append(row)
         improved = row["val_acc"] > best_val_acc
         if improved:
@@ -239,6 +260,11 @@ def _train_in_run_dir(
             if improved:
                 best = checkpoint(epoch=epoch + 1, val_acc=val.top1, val_top5=val.top5, val_loss=val.loss)
                 save_checkpoint(run_dir / "best.pt", best)
+            if improved_ema:
+                best = make_checkpoint(
+                    ema, cfg.model, class_names, data.preprocessing, {}, config=cfg.to_dict(), ema=True
+                )
+                save_checkpoint(run_dir / "best_ema.pt", {**best, "epoch": epoch + 1, "val_acc": row["val_acc_ema"]})
         run_folder.log_epoch(row, cfg.epochs, improved)
         if dist.sum(torch.tensor([stop.count], device=device)).item() > 0 and epoch + 1 < cfg.epochs:
             stopped = "interrupted"

@@ -34,12 +34,14 @@ def build_optimizer(
 
 
 def lr_factor(step: int, schedule: str = "constant", warmup_steps: int = 0, total_steps: int = 1) -> float:
-    """Learning-rate multiplier at ``step``: linear warm-up, then constant or cosine decay to zero."""
+    """Learning-rate multiplier at ``step``: linear warm-up, then constant, cosine or linear decay to zero."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     if schedule == "cosine":
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "linear":  # megvii's ShuffleNet schedule
+        return 1.0 - progress
     return 1.0
 
 

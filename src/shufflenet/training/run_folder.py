@@ -21,6 +21,7 @@ from shufflenet.evaluation import evaluate, write_confusion
 from shufflenet.fileio import write_text_atomic
 from shufflenet.training.config import TrainConfig
 from shufflenet.training.distributed import Distributed
+from shufflenet.training.recipes import recipe_record
 from shufflenet.weights import load_checkpoint
 
 log = logging.getLogger("shufflenet.training")
@@ -36,12 +37,15 @@ METRIC_COLUMNS = (
     "epoch_seconds",
     "train_img_per_s",
 )
+# Columns a run adds when it keeps an EMA of the weights (shufflenet.training.ema).
+EMA_COLUMNS = ("val_loss_ema", "val_acc_ema")
 # Files a run writes; --overwrite deletes exactly these (never the whole folder, which may hold other things).
 RUN_FILES = (
     "config.json",
     "class_indices.json",
     "metrics.csv",
     "best.pt",
+    "best_ema.pt",
     "last.pt",
     "result.png",
     "confusion_matrix.png",
@@ -91,6 +95,7 @@ def write_run_info(
 
     info = {
         "options": cfg.to_dict(),
+        "recipe": recipe_record(cfg),
         "resolved": {
             "device": str(device),
             "world_size": dist.world_size,
@@ -122,7 +127,8 @@ def write_run_info(
 def write_metrics_csv(path: str | Path, rows: Sequence[dict[str, float]]) -> None:
     """Write one row per epoch with :data:`METRIC_COLUMNS` (rewritten whole, atomically, every epoch)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    columns = [*METRIC_COLUMNS, *(c for c in EMA_COLUMNS if rows and c in rows[0])]
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
@@ -166,8 +172,9 @@ def record_epoch(run_dir: Path, history: list[dict[str, float]], tensorboard: An
     write_metrics_csv(run_dir / "metrics.csv", history)
     if tensorboard is not None:
         row = history[-1]
-        for key in METRIC_COLUMNS[1:]:
-            tensorboard.add_scalar(key, row[key], row["epoch"])
+        for key in (*METRIC_COLUMNS[1:], *EMA_COLUMNS):
+            if key in row:
+                tensorboard.add_scalar(key, row[key], row["epoch"])
         tensorboard.flush()
 
 
@@ -187,6 +194,14 @@ def log_epoch(row: dict[str, float], epochs: int, improved: bool) -> None:
         row["train_img_per_s"],
         "  (best)" if improved else "",
     )
+    if "val_acc_ema" in row:
+        log.info(
+            "epoch %d/%d  EMA of the weights: val loss %.4f acc %.4f",
+            row["epoch"],
+            epochs,
+            row["val_loss_ema"],
+            row["val_acc_ema"],
+        )
 
 
 def write_plots(

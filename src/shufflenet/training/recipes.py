@@ -1,0 +1,157 @@
+"""Training recipes: named sets of :class:`TrainConfig` values, chosen with ``--recipe NAME``.
+
+``finetune`` is the seed's (Adam 1e-4, batch 32, 5 epochs), right for ImageNet weights; ``scratch`` trains
+from random initialisation on a few thousand images in minutes on a CPU (found by measuring:
+docs/training.md); ``megvii`` and ``torchvision`` are the ImageNet recipes of the ShuffleNet V2 paper's code
+and of torchvision's classification reference, for GPUs. Without ``--recipe``: ``finetune`` when
+``--weights`` is given, ``scratch`` otherwise. Every option given explicitly wins over its recipe value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from shufflenet.training.config import TrainConfig
+
+__all__ = ["RECIPES", "RECIPE_KEYS", "recipe_record", "recipe_values", "resolve_recipe"]
+
+# The options every recipe sets (so that switching recipes leaves nothing of another behind).
+RECIPE_KEYS = (
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "schedule",
+    "warmup_epochs",
+    "label_smoothing",
+    "crop_scale",
+    "eval_size",
+    "eval_crop",
+    "auto_augment",
+    "random_erase",
+    "mixup_alpha",
+    "cutmix_alpha",
+    "ema_epochs",
+)
+
+_PLAIN = {"auto_augment": None, "random_erase": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "ema_epochs": 0.0}
+
+RECIPES: dict[str, dict[str, Any]] = {
+    # The seed's experiment: fine-tuning ImageNet weights.
+    "finetune": {
+        **_PLAIN,
+        "epochs": 5,
+        "batch_size": 32,
+        "optimizer": "adam",
+        "lr": 1e-4,
+        "weight_decay": 0.0,
+        "schedule": "constant",
+        "warmup_epochs": 0.0,
+        "label_smoothing": 0.0,
+        "crop_scale": 0.08,
+        "eval_size": None,
+        "eval_crop": 0.875,
+    },
+    # Random init, a few thousand images, minutes on a CPU; crop_scale follows img_size
+    # (see recipe_values). Measured with benchmarks/recipes.py (docs/training.md).
+    "scratch": {
+        **_PLAIN,
+        "epochs": 15,
+        "batch_size": 64,
+        "optimizer": "adamw",
+        "lr": 4e-3,
+        "weight_decay": 0.05,
+        "schedule": "cosine",
+        "warmup_epochs": 1.0,
+        "label_smoothing": 0.1,
+        "eval_size": None,
+        "eval_crop": 0.875,
+    },
+    # ShuffleNet V2's ImageNet recipe (megvii/ShuffleNet-Series): SGD lr 0.5 at batch 1024 (scale it as
+    # 0.5 x batch/1024), linear decay to 0, weight decay 4e-5 (not on BN or biases), label smoothing 0.1.
+    "megvii": {
+        **_PLAIN,
+        "epochs": 240,
+        "batch_size": 1024,
+        "optimizer": "sgd",
+        "lr": 0.5,
+        "weight_decay": 4e-5,
+        "schedule": "linear",
+        "warmup_epochs": 0.0,
+        "label_smoothing": 0.1,
+        "crop_scale": 0.08,
+        "eval_size": None,
+        "eval_crop": 0.875,
+    },
+    # torchvision's classification reference for shufflenet_v2_x1_5/x2_0 (8 GPUs x batch 128): SGD lr 0.5,
+    # cosine after 5 warm-up epochs, 600 epochs, wd 2e-5 (none on norms), label smoothing 0.1,
+    # TrivialAugmentWide, random erasing 0.1, mixup 0.2 / cutmix 1.0, EMA, train at 176, evaluate 224 of 232.
+    # Not taken: --ra-sampler (repeated augmentation, see docs/training.md).
+    "torchvision": {
+        "epochs": 600,
+        "batch_size": 1024,
+        "optimizer": "sgd",
+        "lr": 0.5,
+        "weight_decay": 2e-5,
+        "schedule": "cosine",
+        "warmup_epochs": 5.0,
+        "label_smoothing": 0.1,
+        "crop_scale": 0.08,
+        "img_size": 176,
+        "eval_size": 224,
+        "eval_crop": 224 / 232,
+        "auto_augment": "trivialaugment",
+        "random_erase": 0.1,
+        "mixup_alpha": 0.2,
+        "cutmix_alpha": 1.0,
+        # torchvision: decay 0.99998 applied every 32 steps, scaled by batch x 32 / epochs -> time constant
+        # 1 / (2e-5 x 1024 x 32 / 600) / 32 steps of 1024 images, about 23 epochs of ImageNet.
+        "ema_epochs": 23.0,
+    },
+}
+
+
+def recipe_values(name: str, img_size: int) -> dict[str, Any]:
+    """The options recipe ``name`` sets, for training crops of ``img_size`` pixels."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
+    values = dict(RECIPES[name])
+    if name == "scratch":
+        values.update(_scratch_for_size(img_size))
+    return values
+
+
+def _scratch_for_size(img_size: int) -> dict[str, Any]:
+    """Random-crop strength for the image size (measured, docs/training.md): a 32-px image is mostly object,
+    and a crop of 8% of it leaves a few pixels of stroke."""
+    return {"crop_scale": 0.35 if img_size <= 64 else 0.25}
+
+
+def resolve_recipe(cfg: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, list[str]]:
+    """``cfg`` with its recipe's values for every option not in ``explicit``, and log lines saying so."""
+    name = cfg.recipe or ("finetune" if cfg.weights else "scratch")
+    why = "" if cfg.recipe else (" (auto: --weights given)" if cfg.weights else " (auto: no --weights)")
+    img_size = cfg.img_size
+    values = recipe_values(name, img_size)
+    if "img_size" in values and "img_size" not in explicit:
+        img_size = values["img_size"]
+        values = recipe_values(name, img_size)
+    chosen = {k: v for k, v in values.items() if k not in explicit}
+    resolved = dataclasses.replace(cfg, recipe=name, **chosen).validate()
+    overridden = {k: getattr(cfg, k) for k, v in values.items() if k in explicit and getattr(cfg, k) != v}
+    notes = [f"recipe {name}{why}: " + ", ".join(f"{k}={v!r}" for k, v in chosen.items())]
+    if overridden:
+        given = ", ".join(f"{k}={v!r}" for k, v in overridden.items())
+        notes.append(f"options given that override recipe {name}: {given}")
+    return resolved, notes
+
+
+def recipe_record(cfg: TrainConfig) -> dict[str, Any] | None:
+    """config.json's ``recipe`` entry: the name, every value the recipe sets, and those the run overrode."""
+    if cfg.recipe is None:
+        return None
+    values = recipe_values(cfg.recipe, cfg.img_size)
+    overridden = {k: getattr(cfg, k) for k, v in values.items() if getattr(cfg, k) != v}
+    return {"name": cfg.recipe, "values": values, "overridden": overridden}
