@@ -1,0 +1,224 @@
+"""Train/val datasets from an image folder: its layout, the split, verified files, and the transforms.
+
+Two layouts are understood: ``DIR/train/<class>/…`` + ``DIR/val/<class>/…`` (the seed's), or one
+``DIR/<class>/…`` tree that is split into train/val by a seeded, stratified fraction and saved so reruns match.
+Files that cannot be decoded are skipped with one warning, and non-image files are ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from shufflenet.data.folders import _check_dir, scan_image_folder
+from shufflenet.data.images import BadImageError, Sample, load_image, verify_images
+from shufflenet.data.splits import (
+    LAYOUT_SPLIT,
+    LAYOUT_TRAIN_VAL,
+    _count_unlisted,
+    read_split,
+    stratified_split,
+    write_split,
+)
+from shufflenet.transforms import Preprocessing
+
+logger = logging.getLogger("shufflenet")
+
+# Class names, train samples, validation samples, and the (path, reason) of files that failed to decode.
+_Subsets = tuple[list[str], list[Sample], list[Sample], list[tuple[Path, str]]]
+
+
+class ImageFolderDataset(torch.utils.data.Dataset):
+    """(path, label) samples -> (transformed image, label); a file that fails to decode is replaced, not fatal."""
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        class_names: Sequence[str],
+        transform: Callable[[Image.Image], Any] | None = None,
+        draft_size: int | None = None,
+    ) -> None:
+        self.samples: list[Sample] = [(Path(p), int(label)) for p, label in samples]
+        self.class_names: list[str] = list(class_names)
+        self.targets: list[int] = [label for _, label in self.samples]
+        self.transform = transform
+        self.draft_size = draft_size
+        self._bad: set[int] = set()  # per process (each DataLoader worker has its own copy)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        if not self.samples:
+            raise IndexError("empty dataset")
+        n = len(self.samples)
+        for step in range(n):
+            i = (index + step) % n
+            if i in self._bad:
+                continue
+            path, label = self.samples[i]
+            try:
+                image = load_image(path, draft_size=self.draft_size)
+            except BadImageError as exc:
+                # A file that passed verification can still change or vanish during training; an epoch
+                # must not die for one image.
+                self._bad.add(i)
+                logger.warning("%s; using another image in its place", exc)
+                continue
+            return (self.transform(image) if self.transform is not None else image), label
+        raise RuntimeError(f"none of the {n} images in this dataset can be read (first: {self.samples[0][0]})")
+
+    def class_counts(self) -> dict[str, int]:
+        """Number of samples per class name."""
+        counts = dict.fromkeys(self.class_names, 0)
+        for label in self.targets:
+            counts[self.class_names[label]] += 1
+        return counts
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self)} images, {len(self.class_names)} classes)"
+
+
+@dataclass
+class DataBundle:
+    """Train and validation datasets built from one data directory, and what was skipped."""
+
+    train: ImageFolderDataset
+    val: ImageFolderDataset
+    class_names: list[str]
+    skipped: list[tuple[Path, str]]
+    split_file: Path | None
+    layout: str
+    root: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def detect_layout(data_dir: str | Path) -> str:
+    """``"train/val"`` when ``data_dir`` has ``train/`` and ``val/`` folders, else ``"split"``."""
+    data_dir = Path(data_dir)
+    _check_dir(data_dir)
+    return LAYOUT_TRAIN_VAL if (data_dir / "train").is_dir() and (data_dir / "val").is_dir() else LAYOUT_SPLIT
+
+
+def build_datasets(
+    data_dir: str | Path,
+    preprocessing: Preprocessing,
+    val_split: float = 0.2,
+    seed: int = 0,
+    split_file: str | Path | None = None,
+    verify: bool = True,
+    draft: bool = False,
+) -> DataBundle:
+    """Train/val datasets from ``train/`` + ``val/`` folders or a seeded stratified split of one class tree.
+
+    The split (relative paths per subset and class) is written to ``split_file`` when given; an existing
+    ``split_file`` is reused for the ``split`` layout so reruns see the same images. Unreadable images are
+    skipped with one warning. ``draft=True`` decodes JPEGs at reduced size (>= ``preprocessing.resize_size``).
+    """
+    data_dir = Path(data_dir)
+    layout = detect_layout(data_dir)
+    split_path = Path(split_file) if split_file is not None else None
+    notes: list[str] = []
+
+    if layout == LAYOUT_TRAIN_VAL:
+        class_names, train_samples, val_samples, skipped = _train_val_subsets(data_dir, verify)
+        if split_path is not None:
+            write_split(split_path, data_dir, class_names, train_samples, val_samples, seed, None, layout)
+    else:
+        if not 0.0 < val_split < 1.0:
+            raise ValueError(f"val_split must be between 0 and 1 (exclusive), got {val_split}")
+        if split_path is not None and split_path.exists():
+            # Reused as-is: never rewrite the user's file.
+            class_names, train_samples, val_samples, skipped = _saved_split_subsets(data_dir, split_path, verify, notes)
+        else:
+            class_names, train_samples, val_samples, skipped = _new_split_subsets(data_dir, val_split, seed, verify)
+            if split_path is not None:
+                write_split(split_path, data_dir, class_names, train_samples, val_samples, seed, val_split, layout)
+
+    if skipped:
+        listing = "; ".join(f"{path} ({reason})" for path, reason in skipped)
+        logger.warning("skipped %d unreadable image file(s): %s", len(skipped), listing)
+    for note in notes:
+        logger.info(note)
+
+    draft_size = preprocessing.resize_size if draft else None
+    train = ImageFolderDataset(train_samples, class_names, preprocessing.train_transform(), draft_size=draft_size)
+    val = ImageFolderDataset(val_samples, class_names, preprocessing.eval_transform(), draft_size=draft_size)
+    return DataBundle(
+        train=train,
+        val=val,
+        class_names=list(class_names),
+        skipped=skipped,
+        split_file=split_path,
+        layout=layout,
+        root=data_dir,
+        notes=notes,
+    )
+
+
+def _train_val_subsets(data_dir: Path, verify: bool) -> _Subsets:
+    """The ``train/`` and ``val/`` trees, which must hold the same classes, each class readable in both."""
+    train_samples, class_names = scan_image_folder(data_dir / "train")
+    val_samples, val_names = scan_image_folder(data_dir / "val")
+    if val_names != class_names:
+        only_train = sorted(set(class_names) - set(val_names))
+        only_val = sorted(set(val_names) - set(class_names))
+        raise ValueError(
+            f"class folders differ between {data_dir / 'train'} and {data_dir / 'val'}: "
+            f"only in train: {only_train or 'none'}; only in val: {only_val or 'none'}; "
+            f"make both contain the same class folders"
+        )
+    train_samples, val_samples, skipped = _verified(train_samples, val_samples, verify)
+    _require_each_class(train_samples, class_names, "training", data_dir / "train")
+    _require_each_class(val_samples, class_names, "validation", data_dir / "val")
+    return class_names, train_samples, val_samples, skipped
+
+
+def _saved_split_subsets(data_dir: Path, split_path: Path, verify: bool, notes: list[str]) -> _Subsets:
+    """The split saved in ``split_path``; images added since are noted, not used."""
+    class_names, train_samples, val_samples = read_split(split_path, data_dir)
+    unlisted = _count_unlisted(data_dir, train_samples, val_samples)
+    if unlisted:
+        notes.append(f"{unlisted} image(s) in {data_dir} are not in {split_path} and are not used")
+    notes.append(f"reused the split in {split_path}")
+    train_samples, val_samples, skipped = _verified(train_samples, val_samples, verify)
+    _require_each_class(val_samples, class_names, "validation", split_path)
+    _require_each_class(train_samples, class_names, "training", split_path)
+    return class_names, train_samples, val_samples, skipped
+
+
+def _new_split_subsets(data_dir: Path, val_split: float, seed: int, verify: bool) -> _Subsets:
+    """A seeded stratified split of one class tree, made after unreadable files are dropped."""
+    samples, class_names = scan_image_folder(data_dir)
+    skipped: list[tuple[Path, str]] = []
+    if verify:
+        samples, skipped = verify_images(samples)
+    train_samples, val_samples = stratified_split(samples, class_names, val_split, seed)
+    return class_names, train_samples, val_samples, skipped
+
+
+def _verified(
+    train: list[Sample], val: list[Sample], verify: bool
+) -> tuple[list[Sample], list[Sample], list[tuple[Path, str]]]:
+    """Both subsets without their unreadable files, and those files; unchanged when ``verify`` is off."""
+    if not verify:
+        return train, val, []
+    train, bad_train = verify_images(train)
+    val, bad_val = verify_images(val)
+    return train, val, bad_train + bad_val
+
+
+def _require_each_class(samples: Sequence[Sample], class_names: Sequence[str], subset: str, where: Path) -> None:
+    present = {label for _, label in samples}
+    missing = [name for i, name in enumerate(class_names) if i not in present]
+    if missing:
+        raise ValueError(
+            f"class(es) with no readable {subset} image: {', '.join(missing)} (in {where}); "
+            f"add images for them or remove the class folder(s)"
+        )
