@@ -57,8 +57,13 @@ def load_onnx(
     _require(backend)
     meta = read_onnx_metadata(path)
     source = Path(path)
+    if meta.get("int8"):  # already quantized (`shufflenet quantize`): runs as it is
+        if precision not in ("fp32", "int8"):
+            raise ValueError(f"{path} is an int8 file; it runs as int8, not {precision!r}")
+        precision = "int8"
+        _check_supported(backend, precision)
     with tempfile.TemporaryDirectory() as tmp:
-        if precision == "int8":
+        if precision == "int8" and not meta.get("int8"):
             source = quantize_onnx(
                 path, Path(tmp) / "int8.onnx", _calibration_batches(calibration_data), _QUANT_FORMAT[backend]
             )
