@@ -54,15 +54,15 @@ def choose_int8_settings(
     """Quantization settings for ``backend`` on a CPU with ``features`` (default: this CPU, :func:`cpu_features`).
 
     Without VNNI the weights get 7 bits so u8 x s8 pair sums cannot saturate (module docstring); with VNNI
-    the full 8 bits. Weights per channel, activations u8 per tensor. ``tool`` defaults to NNCF for openvino
-    when it is installed, else ONNX Runtime's quantizer.
+    the full 8 bits. Weights per channel, activations u8 per tensor. ``tool`` defaults to ONNX Runtime's
+    quantizer (QOperator for onnxruntime, QDQ for openvino).
     """
     if backend not in _QUANT_FORMAT:
         raise ValueError(f"int8 runs on backend 'onnxruntime' or 'openvino', not {backend!r}")
     features = dict(cpu_features() if features is None else features)
     vnni = has_vnni(features)
     if tool is None:
-        tool = "nncf" if backend == "openvino" and _nncf_available() else "onnxruntime.quantization"
+        tool = "onnxruntime.quantization"  # NNCF for openvino: not wired in yet (docs/deploy.md)
     if tool not in ("nncf", "onnxruntime.quantization"):
         raise ValueError(f"tool must be 'nncf' or 'onnxruntime.quantization', got {tool!r}")
     reason = (
@@ -80,12 +80,6 @@ def choose_int8_settings(
         reason=reason,
         cpu=features,
     )
-
-
-def _nncf_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("nncf") is not None
 
 
 def _calibration_batches(calibration_data: Iterable[Tensor | np.ndarray] | None, channels: int = 3) -> list[np.ndarray]:
