@@ -104,6 +104,12 @@ def run(args: argparse.Namespace) -> int:
         f"{name} at {args.img_size}x{args.img_size}, {machine['threads']} threads, {machine['cpu']} "
         f"({machine['logical_cpus']} logical CPUs), load average {machine['load_avg_1_5_15']}"
     )
+    features = deploy.cpu_features()
+    print(f"CPU features: {deploy.describe_cpu(features)}")
+    if not deploy.has_vnni(features):
+        print("  no VNNI: int8 uses 7-bit weights and 16-bit pair sums here; expect it little or no faster than fp32")
+    if not deploy.has_bf16(features):
+        print("  no native bf16: bf16 would be emulated, slower than fp32, so it is not benchmarked")
     print(format_table(bench.table_rows(result), bench.TABLE_COLUMNS))
     print(f"\nbaseline: {result.settings['baseline']}; median latency over interleaved rounds; p10-p90 is the spread.")
     print("peak +MiB: resident-memory growth during the first run at that batch size (a lower bound).")

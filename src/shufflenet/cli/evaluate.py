@@ -40,33 +40,62 @@ def add_eval_crop_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def apply_eval_crop(model: nn.Module, eval_crop: float | None) -> None:
+def apply_eval_crop(model: nn.Module | Callable, eval_crop: float | None) -> None:
     """Give ``model.preprocessing`` the eval crop asked for on the command line (None: keep the checkpoint's)."""
-    if eval_crop is not None:
-        model.preprocessing = model.preprocessing.with_crop_pct(eval_crop)
+    if eval_crop is None:
+        return
+    if getattr(model, "preprocessing", None) is None:
+        raise ValueError("--eval-crop: these weights carry no preprocessing to change; pass a checkpoint instead")
+    model.preprocessing = model.preprocessing.with_crop_pct(eval_crop)
 
 
 def inference_function(
-    model: nn.Module, backend: str | None, precision: str | None, batches: Iterable[Tensor]
+    model: nn.Module,
+    backend: str | None,
+    precision: str | None,
+    batches: Iterable[Tensor],
+    weights: str | Path | None = None,
 ) -> Callable[[Tensor], Tensor]:
     """``model`` itself, or (when a backend or precision is asked for) its compiled form from shufflenet.deploy.
 
-    ``batches`` gives an example input and, for int8, a few calibration batches of the images at hand.
+    ``batches`` gives an example input. Int8 calibrates on a seeded, stratified sample of the training
+    split of the run that wrote ``weights`` (never on the images being evaluated); without a run folder,
+    make an int8 file with ``shufflenet quantize`` and pass it as ``--weights``.
     """
-    if backend is None and precision is None:
-        return model
+    if not isinstance(model, nn.Module) or (backend is None and precision is None):
+        return model  # an exported file's runner, or plain PyTorch
     from shufflenet.deploy import compile_for_inference
 
-    samples = list(itertools.islice(batches, 4))
+    samples = list(itertools.islice(batches, 1))
     if not samples:
         raise ValueError("no images to compile the model with")
+    calibration = None
+    if precision == "int8":
+        from shufflenet.deploy.calibration import load_batches, run_split, stratified_sample
+
+        if weights is None:
+            raise ValueError(
+                "int8 needs the checkpoint's run folder (split.json) or an int8 file from `shufflenet quantize`"
+            )
+        calibration = load_batches(stratified_sample(run_split(weights)[1], 300), model.preprocessing)
     return compile_for_inference(
         model.cpu(),
         backend=backend or "auto",
         precision=precision or "fp32",
         example_input=samples[0],
-        calibration_data=samples if precision == "int8" else None,
+        calibration_data=calibration,
     )
+
+
+def load_weights(path: str | Path, backend: str | None, device: torch.device) -> nn.Module | Callable:
+    """A checkpoint as a model on ``device``, or an exported .onnx file (an int8 one too) as its CPU runner."""
+    if Path(path).suffix == ".onnx":
+        from shufflenet.deploy import compile_for_inference
+
+        return compile_for_inference(path, backend or "auto")
+    from shufflenet.checkpoints import load_model
+
+    return load_model(path, device=device)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -77,7 +106,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Top-1, top-5, per-class precision/recall and the confusion matrix (PNG + JSON) of a "
         "checkpoint on DIR, whose class folders must match the checkpoint's (a train/ + val/ root means val/).",
     )
-    parser.add_argument("--weights", metavar="FILE", required=True, help="checkpoint, e.g. RUN/best.pt")
+    parser.add_argument(
+        "--weights", metavar="FILE", required=True, help="checkpoint (RUN/best.pt) or exported/int8 .onnx file"
+    )
     parser.add_argument("--data", metavar="DIR", required=True, help="class-per-folder image tree")
     parser.add_argument("--json", metavar="FILE", help="write all results as JSON ('-' for stdout)")
     parser.add_argument("--out", metavar="DIR", help="where the confusion matrix goes (default: FILE's folder/eval)")
@@ -94,16 +125,17 @@ def run(args: argparse.Namespace) -> int:
     from shufflenet.cli.common import setup_logging
     from shufflenet.devices import resolve_device
     from shufflenet.evaluation import evaluate, load_eval_dataset, write_confusion
-    from shufflenet.weights import load_model
 
     setup_logging(args.quiet)
     device = resolve_device(args.device)
-    model = load_model(args.weights, device=device)
+    model = load_weights(args.weights, args.backend, device)
     apply_eval_crop(model, args.eval_crop)
     dataset, skipped = load_eval_dataset(args.data, model.class_names, model.preprocessing)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
-    function = inference_function(model, args.backend, args.precision, (images for images, _ in loader))
-    if function is not model:
+    function = inference_function(
+        model, args.backend, args.precision, (images for images, _ in loader), weights=args.weights
+    )
+    if function is not model or not isinstance(model, nn.Module):
         device = torch.device("cpu")
     result = evaluate(
         function, loader, model.class_names, device=device, progress=not args.quiet and sys.stderr.isatty()
@@ -112,7 +144,10 @@ def run(args: argparse.Namespace) -> int:
     png, js = write_confusion(result, out_dir)
     data = result.to_dict()
     data.update(weights=str(args.weights), data=str(args.data), skipped=[[str(p), r] for p, r in skipped])
-    data.update(backend=args.backend or "torch", precision=args.precision or "fp32")
+    data.update(
+        backend=getattr(function, "backend", args.backend or "torch"),
+        precision=getattr(function, "precision", args.precision or "fp32"),
+    )
     if args.json:
         write_json(args.json, data)
         if args.json == "-":

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from shufflenet.cli.common import write_json
-from shufflenet.cli.evaluate import add_inference_options, apply_eval_crop, inference_function
+from shufflenet.cli.evaluate import add_inference_options, apply_eval_crop, inference_function, load_weights
 
 MAX_FIGURE_IMAGES = 64
 
@@ -24,7 +24,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Print the top-k classes with probabilities for each image (folders are searched).",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
-    parser.add_argument("--weights", metavar="FILE", required=True, help="checkpoint, e.g. RUN/best.pt")
+    parser.add_argument(
+        "--weights", metavar="FILE", required=True, help="checkpoint (RUN/best.pt) or exported/int8 .onnx file"
+    )
     parser.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
     parser.add_argument("--json", metavar="FILE", help="write the predictions as JSON ('-' for stdout)")
     parser.add_argument(
@@ -42,15 +44,15 @@ def run(args: argparse.Namespace) -> int:
     from shufflenet.data import list_image_paths, load_image
     from shufflenet.devices import resolve_device
     from shufflenet.evaluation import predict
-    from shufflenet.weights import load_model
 
     setup_logging()
     device = resolve_device(args.device)
-    model = load_model(args.weights, device=device)
+    model = load_weights(args.weights, args.backend, device)
     apply_eval_crop(model, args.eval_crop)
     paths = list_image_paths(args.paths)
-    function = inference_function(model, args.backend, args.precision, _batches(paths, model, args.batch_size))
-    if function is not model:
+    batches = _batches(paths, model, args.batch_size)
+    function = inference_function(model, args.backend, args.precision, batches, weights=args.weights)
+    if function is not model or not isinstance(model, nn.Module):
         device = torch.device("cpu")
     result = predict(
         function,

@@ -33,6 +33,7 @@ from shufflenet.deploy.backends import (
     install_hint,
     runner_class,
 )
+from shufflenet.deploy.cpu import FEATURES, cpu_features, describe_cpu, has_bf16, has_vnni
 from shufflenet.deploy.errors import DeployError, _first_line
 from shufflenet.deploy.export import (
     FORMAT_VERSION,
@@ -48,7 +49,8 @@ from shufflenet.deploy.export import (
 )
 from shufflenet.deploy.folding import fold_batchnorm, fold_conv_bn, prepare_for_inference
 from shufflenet.deploy.inputs import _in_chans, agreement, check_batch, default_example_input
-from shufflenet.deploy.quantize import quantize_onnx
+from shufflenet.deploy.int8 import AccuracyDropError, Int8Result, quantize_model, quantize_run
+from shufflenet.deploy.quantize import Int8Settings, choose_int8_settings, quantize_onnx
 from shufflenet.deploy.runtimes.base import MICRO_BATCH_PIXELS, CompiledModel, default_max_batch
 from shufflenet.deploy.runtimes.onnxruntime import OnnxRuntimeModel
 from shufflenet.deploy.runtimes.openvino import OpenVinoModel
@@ -57,6 +59,7 @@ from shufflenet.deploy.select import candidate_backends, compile_for_inference, 
 
 __all__ = [
     "BACKENDS",
+    "FEATURES",
     "FORMAT_VERSION",
     "METADATA_PREFIX",
     "MICRO_BATCH_PIXELS",
@@ -66,8 +69,11 @@ __all__ = [
     "RUNTIMES",
     "SUPPORTED",
     "TORCHSCRIPT_META",
+    "AccuracyDropError",
     "CompiledModel",
     "DeployError",
+    "Int8Result",
+    "Int8Settings",
     "OnnxRuntimeModel",
     "OpenVinoModel",
     "Runtime",
@@ -79,20 +85,27 @@ __all__ = [
     "backend_available",
     "candidate_backends",
     "check_batch",
+    "choose_int8_settings",
     "compile_for_inference",
+    "cpu_features",
     "cpu_has_bf16",
     "default_example_input",
     "default_max_batch",
+    "describe_cpu",
     "export_onnx",
     "export_torchscript",
     "fold_batchnorm",
     "fold_conv_bn",
+    "has_bf16",
+    "has_vnni",
     "install_hint",
     "load_onnx",
     "load_torchscript",
     "model_metadata",
     "prepare_for_inference",
+    "quantize_model",
     "quantize_onnx",
+    "quantize_run",
     "read_onnx_metadata",
     "runner_class",
 ]

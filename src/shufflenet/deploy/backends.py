@@ -10,8 +10,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from shufflenet.deploy.cpu import cpu_features, has_bf16
 
 PRECISIONS = ("fp32", "bf16", "int8")
 
@@ -68,11 +69,7 @@ def install_hint(backend: str) -> str:
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU does bf16 arithmetic natively (AVX-512 BF16 or AMX); otherwise bf16 is emulated."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return has_bf16(cpu_features())
 
 
 def _check_backend(backend: str) -> None:

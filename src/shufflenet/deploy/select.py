@@ -25,6 +25,7 @@ from shufflenet.deploy.backends import (
     cpu_has_bf16,
     runner_class,
 )
+from shufflenet.deploy.cpu import cpu_features, has_vnni
 from shufflenet.deploy.export import export_onnx, read_onnx_metadata
 from shufflenet.deploy.inputs import _in_chans, check_batch, default_example_input
 from shufflenet.deploy.quantize import _QUANT_FORMAT, _calibration_batches, quantize_onnx
@@ -43,6 +44,8 @@ def load_onnx(
     """A runner for an exported .onnx file; class names and preprocessing come from its metadata."""
     if backend == "auto":
         backend = "openvino" if precision == "bf16" else "onnxruntime"
+        made_for = (read_onnx_metadata(path).get("int8") or {}).get("backend")
+        backend = made_for if made_for in RUNTIMES else backend
         if not backend_available(backend):
             backend = next((b for b in available_backends() if RUNTIMES[b].source == "onnx"), backend)
     _check_backend(backend)
@@ -57,8 +60,19 @@ def load_onnx(
     _require(backend)
     meta = read_onnx_metadata(path)
     source = Path(path)
+    if meta.get("int8"):  # already quantized (`shufflenet quantize`): runs as it is
+        if precision not in ("fp32", "int8"):
+            raise ValueError(f"{path} is an int8 file; it runs as int8, not {precision!r}")
+        precision = "int8"
+        _check_supported(backend, precision)
+        if not meta["int8"].get("reduce_range", True) and not has_vnni(cpu_features()):
+            log.warning(
+                "%s was quantized with 8-bit weights for a CPU with VNNI; this CPU lacks VNNI, so int8 sums may "
+                "saturate and lose accuracy: quantize again here (`shufflenet quantize`)",
+                path,
+            )
     with tempfile.TemporaryDirectory() as tmp:
-        if precision == "int8":
+        if precision == "int8" and not meta.get("int8"):
             source = quantize_onnx(
                 path, Path(tmp) / "int8.onnx", _calibration_batches(calibration_data), _QUANT_FORMAT[backend]
             )

@@ -1,0 +1,162 @@
+"""``quantize_run``: a checkpoint to an int8 file, calibrated on its training images, checked on its validation images.
+
+The file (.onnx) carries the usual metadata plus ``int8`` (settings and CPU features, :mod:`.quantize`),
+``int8_calibration`` (where the images came from) and ``int8_accuracy`` (fp32 and int8 top-1 on the
+validation images); compile_for_inference, eval, predict and bench load it in place of a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from shufflenet.data import Sample, scan_image_folder
+from shufflenet.deploy.calibration import folder_samples, load_batches, run_split, stratified_sample
+from shufflenet.deploy.errors import DeployError
+from shufflenet.deploy.export import METADATA_PREFIX, _check_output_path, export_onnx, read_onnx_metadata
+from shufflenet.deploy.quantize import _QUANT_FORMAT, quantize_onnx
+from shufflenet.deploy.select import load_onnx
+
+
+class AccuracyDropError(DeployError):
+    """Int8 lost more top-1 than allowed; the message gives both accuracies and what to try."""
+
+
+@dataclass
+class Int8Result:
+    """What quantizing wrote and how accurate it is."""
+
+    path: Path
+    backend: str
+    settings: dict[str, Any]
+    fp32_top1: float
+    int8_top1: float
+    val_images: int
+    calibration: dict[str, Any]
+
+    @property
+    def drop(self) -> float:
+        """Top-1 lost, in percentage points."""
+        return 100 * (self.fp32_top1 - self.int8_top1)
+
+
+def _top1(function: Any, batches: Sequence[Tensor], labels: Tensor) -> float:
+    with torch.inference_mode():
+        predicted = torch.cat([function(b).argmax(1) for b in batches])
+    return (predicted == labels).float().mean().item()
+
+
+def _labelled(samples: Sequence[Sample], names: Sequence[str], class_names: Sequence[str], where: str) -> list[Sample]:
+    index = {name: i for i, name in enumerate(class_names)}
+    unknown = sorted({names[label] for _, label in samples} - set(index))
+    if unknown:
+        raise ValueError(f"{where}: class folder(s) {unknown} are not classes of the model ({list(class_names)})")
+    return [(path, index[names[label]]) for path, label in samples]
+
+
+def quantize_model(
+    model: nn.Module,
+    backend: str,
+    out: str | Path,
+    calibration: Sequence[Tensor],
+    val_batches: Sequence[Tensor],
+    val_labels: Tensor,
+    *,
+    max_drop: float = 1.0,
+    calibration_info: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Int8Result:
+    """Quantize ``model`` for ``backend``, check top-1 fp32 vs int8, write ``out`` unless it lost > ``max_drop``."""
+    out = Path(out)
+    _check_output_path(out, overwrite)
+    if out.suffix != ".onnx":
+        raise ValueError(f"{out}: the int8 file is an ONNX file; name it *.onnx")
+    fp32_top1 = _top1(model.eval(), val_batches, val_labels)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", example_input=val_batches[0][:1], dynamic_batch=True)
+        int8 = quantize_onnx(fp32, Path(tmp) / "int8.onnx", calibration, _QUANT_FORMAT[backend])
+        int8_top1 = _top1(load_onnx(int8, backend, "int8"), val_batches, val_labels)
+        result = Int8Result(
+            out,
+            backend,
+            read_onnx_metadata(int8)["int8"],
+            fp32_top1,
+            int8_top1,
+            len(val_labels),
+            calibration_info or {},
+        )
+        if result.drop > max_drop:
+            raise AccuracyDropError(
+                f"int8 top-1 {int8_top1:.4f} vs fp32 {fp32_top1:.4f} on {len(val_labels)} validation images: "
+                f"{result.drop:.1f} points lost, more than --max-drop {max_drop}; calibrate on more or more "
+                "typical images (--calibration DIR, --calibration-size), or raise --max-drop"
+            )
+        accuracy = {"fp32_top1": fp32_top1, "int8_top1": int8_top1, "val_images": len(val_labels)}
+        _add_metadata(int8, {"int8_accuracy": accuracy, "int8_calibration": result.calibration})
+        shutil.move(str(int8), str(out))
+    return result
+
+
+def _add_metadata(path: Path, extra: dict[str, Any]) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    for key, value in extra.items():
+        proto.metadata_props.add(key=METADATA_PREFIX + key, value=json.dumps(value))
+    onnx.save(proto, str(path))
+
+
+def quantize_run(
+    weights: str | Path,
+    backend: str,
+    out: str | Path,
+    *,
+    calibration_dir: str | Path | None = None,
+    calibration_size: int = 300,
+    val_dir: str | Path | None = None,
+    max_drop: float = 1.0,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Int8Result:
+    """Quantize the checkpoint ``weights``: calibration from its run's training split (or ``calibration_dir``).
+
+    The accuracy check runs on the run's validation split (or ``val_dir``, a class-per-folder tree).
+    """
+    from shufflenet.weights import load_model
+
+    model = load_model(weights, device="cpu")
+    split = None if calibration_dir is not None and val_dir is not None else run_split(weights)
+    if calibration_dir is not None:
+        pool, source = folder_samples(calibration_dir), str(calibration_dir)
+    else:
+        pool, source = split[1], f"training split of {Path(weights).resolve().parent / 'split.json'}"
+    chosen = stratified_sample(pool, calibration_size, seed)
+    calibration = load_batches(chosen, model.preprocessing)
+    if val_dir is not None:
+        samples, names = scan_image_folder(val_dir)
+        val = _labelled(samples, names, model.class_names, str(val_dir))
+    else:
+        names = split[0]
+        val = _labelled(split[2], names, model.class_names, "split.json")
+    val_batches = load_batches(val, model.preprocessing, 64)
+    labels = torch.tensor([label for _, label in val])
+    info = {"source": source, "images": len(chosen), "seed": seed, "stratified": True}
+    return quantize_model(
+        model,
+        backend,
+        out,
+        calibration,
+        val_batches,
+        labels,
+        max_drop=max_drop,
+        calibration_info=info,
+        overwrite=overwrite,
+    )

@@ -1,0 +1,95 @@
+"""`shufflenet quantize`: calibration sampled from the run's training split, the accuracy check, the file it writes."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from shufflenet import create_model, deploy
+from shufflenet.cli import main
+from shufflenet.data import write_split
+from shufflenet.deploy import calibration as calib
+from shufflenet.transforms import Preprocessing
+from shufflenet.weights import make_checkpoint, save_checkpoint
+
+pytest.importorskip("onnxruntime")
+
+CLASSES = ["a", "b", "c"]
+COUNTS = {"a": 12, "b": 6, "c": 3}  # unbalanced, so stratification shows
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder as training leaves it: best.pt and split.json over real PNG class folders."""
+    root = tmp_path_factory.mktemp("int8")
+    data, run = root / "data", root / "run"
+    run.mkdir()
+    rng = np.random.default_rng(0)
+    train, val = [], []
+    for label, name in enumerate(CLASSES):
+        (data / name).mkdir(parents=True)
+        for i in range(COUNTS[name] + 2):
+            path = data / name / f"{i}.png"
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
+            (val if i < 2 else train).append((path, label))
+    write_split(run / "split.json", data, CLASSES, train, val, seed=0, val_split=0.2)
+    torch.manual_seed(0)
+    model = create_model("shufflenet_v2_x0_5", num_classes=len(CLASSES)).eval()
+    save_checkpoint(run / "best.pt", make_checkpoint(model, "shufflenet_v2_x0_5", CLASSES, Preprocessing.for_size(32)))
+    return run
+
+
+def test_calibration_is_a_seeded_stratified_sample_of_the_training_split(run_dir: Path) -> None:
+    names, train, val = calib.run_split(run_dir / "best.pt")
+    assert names == CLASSES and len(train) == sum(COUNTS.values()) and len(val) == 6
+    sample = calib.stratified_sample(train, 7, seed=0)
+    assert Counter(label for _, label in sample) == {0: 4, 1: 2, 2: 1}  # 12:6:3 scaled to 7
+    assert set(sample) <= set(train) and not set(sample) & set(val)
+    assert sample == calib.stratified_sample(train, 7, seed=0)
+    assert sample != calib.stratified_sample(train, 7, seed=1)
+    assert calib.stratified_sample(train, 100) == sorted(train, key=lambda s: (s[1], str(s[0])))
+
+
+def test_no_split_file_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"split\.json.*--calibration DIR"):
+        calib.run_split(tmp_path / "best.pt")
+
+
+def test_quantize_writes_an_int8_file_with_settings_calibration_and_accuracy(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "q.onnx"
+    result = deploy.quantize_run(run_dir / "best.pt", "onnxruntime", out, calibration_size=7, max_drop=100)
+    meta = deploy.read_onnx_metadata(out)
+    assert meta["int8"]["reduce_range"] is deploy.choose_int8_settings("onnxruntime").reduce_range
+    assert meta["int8"]["cpu"] == deploy.cpu_features()
+    assert meta["int8_calibration"]["images"] == 7 and "training split" in meta["int8_calibration"]["source"]
+    assert meta["int8_accuracy"] == {"fp32_top1": result.fp32_top1, "int8_top1": result.int8_top1, "val_images": 6}
+    assert meta["class_names"] == CLASSES
+    runner = deploy.compile_for_inference(out)
+    assert runner.precision == "int8" and runner.backend == "onnxruntime"
+
+
+def test_max_drop_fails_and_writes_nothing(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "q.onnx"
+    # A negative limit demands int8 beat fp32 by 50 points: the check must fail, whatever the accuracies.
+    with pytest.raises(deploy.AccuracyDropError, match=r"int8 top-1 .* vs fp32 .* more than --max-drop -50"):
+        deploy.quantize_run(run_dir / "best.pt", "onnxruntime", out, calibration_size=7, max_drop=-50)
+    assert not out.exists()
+
+
+def test_cli_quantize_then_eval_the_int8_file(run_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "q.onnx"
+    argv = ["quantize", "--weights", str(run_dir / "best.pt"), "--backend", "onnxruntime", "--out", str(out)]
+    assert main([*argv, "--calibration-size", "5", "--max-drop", "100"]) == 0
+    printed = capsys.readouterr().out
+    assert "top-1 on 6 validation images: fp32" in printed and "calibration: 5 images" in printed
+    data = json.loads((run_dir / "split.json").read_text())["root"]
+    report = tmp_path / "eval.json"
+    assert main(["eval", "--weights", str(out), "--data", data, "--json", str(report), "--quiet"]) == 0
+    result = json.loads(report.read_text())
+    assert result["precision"] == "int8" and result["backend"] == "onnxruntime"
