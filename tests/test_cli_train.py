@@ -187,3 +187,23 @@ def test_ctrl_c_exits_130_and_resume_finishes(
     assert main(["train", "--out", str(run), "--resume", "--device", "cpu", "--quiet"]) == 0
     with open(run / "metrics.csv", newline="") as f:
         assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2"]
+
+
+def test_nan_loss_exits_1_with_the_step(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shufflenet.training import loaders
+
+    real = loaders.batch_normalizer
+
+    def poisoned(*args: object, **kwargs: object):
+        normalize = real(*args, **kwargs)
+        return lambda images: normalize(images) * float("nan")
+
+    monkeypatch.setattr(loaders, "batch_normalizer", poisoned)
+    data, _ = trained
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), "--epochs", "2", *TINY]) == 1
+    line = error_line(capsys)
+    assert "loss is nan at epoch 1, step 1" in line and "--lr" in line
+    assert not (run / "last.pt").exists()

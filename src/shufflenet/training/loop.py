@@ -196,11 +196,9 @@ def _train_in_run_dir(
                 continue
             # Every check_every steps (one host sync) the ranks agree whether any saw a NaN or got a stop
             # signal, so all stop together, after the step in flight; the epoch's last step is always checked.
-            rows, bad_step, stop_votes = _check(pending, step, stop, dist)
-            for (loss_value, correct_count), count in zip(rows, counts, strict=True):
-                sums += torch.tensor([loss_value * count, correct_count, count], dtype=torch.float64)
+            bad_step, stop_votes = _check(pending, counts, sums, step, stop, dist)
+            _update_bar(bar, sums, seconds_before + time.perf_counter() - started, dist.world_size, len(counts))
             pending, counts = [], []
-            _update_bar(bar, sums, seconds_before + time.perf_counter() - started, dist.world_size, len(rows))
             if bad_step is not None:
                 stopped, message = "diverged", _diverged_message(bad_step, epoch, run_dir)
                 break
@@ -225,17 +223,8 @@ def _train_in_run_dir(
         train_loss, train_correct, train_count = dist.sum(sums).tolist()
         dist.broadcast_buffers(raw_model)  # validate (and save) rank 0's BatchNorm statistics on every rank
         val = _evaluate_shards(raw_model, data, device, amp_dtype, memory_format, dist)
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": train_loss / train_count,
-            "train_acc": train_correct / train_count,
-            "val_loss": val.loss,
-            "val_acc": val.top1,
-            "val_top5": val.top5,
-            "lr": lr,
-            "epoch_seconds": seconds_before + time.perf_counter() - started,
-            "train_img_per_s": train_count / train_seconds,
-        }
+        seconds = (seconds_before + time.perf_counter() - started, train_seconds)
+        row = _epoch_row(epoch + 1, (train_loss, train_correct, train_count), val, lr, seconds)
         history.append(row)
         improved = row["val_acc"] > best_val_acc
         if improved:
@@ -272,6 +261,24 @@ def _train_in_run_dir(
         log.warning(message)
     best = best_val_acc if best_epoch is not None else None
     return TrainResult(run_dir, history, best_epoch, best, stopped, message, dist.world_size, list(data.bundle.skipped))
+
+
+def _epoch_row(
+    epoch: int, train_sums: tuple[float, float, float], val: EvalResult, lr: float, seconds: tuple[float, float]
+) -> dict[str, float]:
+    """One metrics.csv row; ``seconds`` are the epoch's and its training part's."""
+    train_loss, train_correct, train_count = train_sums
+    return {
+        "epoch": epoch,
+        "train_loss": train_loss / train_count,
+        "train_acc": train_correct / train_count,
+        "val_loss": val.loss,
+        "val_acc": val.top1,
+        "val_top5": val.top5,
+        "lr": lr,
+        "epoch_seconds": seconds[0],
+        "train_img_per_s": train_count / seconds[1],
+    }
 
 
 def _log_setup(dist: Distributed, amp_dtype: torch.dtype | None, channels_last: bool) -> None:
@@ -313,11 +320,14 @@ def set_train_mode(model: nn.Module, freeze_backbone: bool = False) -> None:
 
 
 def _check(
-    pending: list[torch.Tensor], step: int, stop: StopRequest, dist: Distributed
-) -> tuple[list[list[float]], tuple[int, float] | None, float]:
-    """The pending steps' (loss, correct) on the host; the first non-finite loss here as (step, loss),
-    or (0, nan) when only another rank saw one; the stop signals received by all ranks together."""
-    rows = torch.stack(pending).cpu().tolist()
+    pending: list[torch.Tensor], counts: list[int], sums: torch.Tensor, step: int, stop: StopRequest, dist: Distributed
+) -> tuple[tuple[int, float] | None, float]:
+    """Add the pending steps' (loss x images, correct, images) to ``sums`` (float64, on the host); return the
+    first non-finite loss here as (step, loss), or (0, nan) when only another rank saw one, and the number of
+    stop signals all ranks received."""
+    rows = torch.stack(pending).cpu().tolist()  # the one host synchronisation
+    for (loss, correct), count in zip(rows, counts, strict=True):
+        sums += torch.tensor([loss * count, correct, count], dtype=torch.float64)
     first = next((i for i, row in enumerate(rows) if not math.isfinite(row[0])), None)
     bad_ranks, stop_votes = dist.sum(torch.tensor([float(first is not None), float(stop.count)])).tolist()
     bad_step = None
@@ -325,7 +335,7 @@ def _check(
         bad_step = (step - len(rows) + first + 1, rows[first][0])
     elif bad_ranks > 0:
         bad_step = (0, math.nan)
-    return rows, bad_step, stop_votes
+    return bad_step, stop_votes
 
 
 def _diverged_message(bad_step: tuple[int, float], epoch: int, run_dir: Path) -> str:
