@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 # Small, fast training options (x0_5 at 32 px).
-TINY = {"model": "shufflenet_v2_x0_5", "img_size": 32, "batch_size": 8, "lr": 1e-3, "workers": 0}
+TINY = {"model": "shufflenet_v2_x0_5", "img_size": 32, "batch_size": 8, "lr": 1e-3, "workers": 0, "device": "cpu"}
 COLORS = {"cat": (200, 40, 40), "dog": (40, 40, 200)}
 HYMENOPTERA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera_data"
 

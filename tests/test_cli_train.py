@@ -14,7 +14,10 @@ from PIL import Image
 from conftest import rerun_in_fresh_interpreter, signal_during_training
 from shufflenet.cli import main
 
-TINY = ["--model", "shufflenet_v2_x0_5", "--img-size", "32", "--batch-size", "8", "--lr", "1e-3", "--quiet"]
+TINY = [
+    *("--model", "shufflenet_v2_x0_5", "--img-size", "32", "--batch-size", "8", "--lr", "1e-3"),
+    *("--device", "cpu", "--quiet"),
+]
 
 
 def write_tree(root: Path, per_class: int, seed: int, classes: tuple[str, ...] = ("cat", "dog")) -> None:
@@ -30,6 +33,7 @@ def write_tree(root: Path, per_class: int, seed: int, classes: tuple[str, ...] =
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(data root with train/ + val/, run folder) after a 1-epoch CLI run."""
+    torch.manual_seed(0)  # train() seeds its model itself; this keeps the fixture's own state fixed too
     base = tmp_path_factory.mktemp("cli")
     data, run = base / "data", base / "run"
     write_tree(data / "train", 10, seed=0)
@@ -52,7 +56,7 @@ def test_train_prints_summary_and_resume_adds_epochs(
     assert main(["train", "--data", str(data), "--out", str(run), "--epochs", "1", *TINY]) == 0
     assert f"run folder {run}" in capsys.readouterr().out
     # The resumed run takes its options from last.pt; only --epochs is new.
-    assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--quiet"]) == 0
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--device", "cpu", "--quiet"]) == 0
     with open(run / "metrics.csv", newline="") as f:
         assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2"]
     assert json.loads((run / "config.json").read_text())["options"]["epochs"] == 2
@@ -173,13 +177,33 @@ def test_ctrl_c_exits_130_and_resume_finishes(
     from shufflenet.training import loaders
 
     data, _ = trained
-    real = signal_during_training(monkeypatch, 10, signal.SIGINT)  # the user presses Ctrl-C in the second batch
+    real = signal_during_training(monkeypatch, 10, signal.SIGINT)  # Ctrl-C in the second batch: that step finishes
     run = tmp_path / "run"
     assert main(["train", "--data", str(data), "--out", str(run), "--epochs", "2", *TINY]) == 130
     line = error_line(capsys)
-    assert "stopped by a signal at epoch 1, step 1/3" in line and "--resume" in line
+    assert "stopped by a signal at epoch 1, step 2/3" in line and "--resume" in line
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
     monkeypatch.setattr(loaders, "train_transform", real)
-    assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 0
+    assert main(["train", "--out", str(run), "--resume", "--device", "cpu", "--quiet"]) == 0
     with open(run / "metrics.csv", newline="") as f:
         assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2"]
+
+
+def test_nan_loss_exits_1_with_the_step(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shufflenet.training import loaders
+
+    real = loaders.batch_normalizer
+
+    def poisoned(*args: object, **kwargs: object):
+        normalize = real(*args, **kwargs)
+        return lambda images: normalize(images) * float("nan")
+
+    monkeypatch.setattr(loaders, "batch_normalizer", poisoned)
+    data, _ = trained
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), "--epochs", "2", *TINY]) == 1
+    line = error_line(capsys)
+    assert "loss is nan at epoch 1, step 1" in line and "--lr" in line
+    assert not (run / "last.pt").exists()

@@ -24,6 +24,7 @@ def write_tree(root: Path, per_class: int, seed: int) -> None:
 
 
 def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
+    """One run folder, written by rank 0; validation sums both shards."""
     data = tmp_path / "data"
     write_tree(data / "train", 9, seed=0)  # 18 images: 9 per process
     write_tree(data / "val", 3, seed=1)  # 6 images: validated in two shards of 3
@@ -34,7 +35,9 @@ def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
         *("--img-size", "32", "--epochs", "1", "--batch-size", "4", "--lr", "1e-3", "--device", "cpu", "--quiet"),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SHUFFLENET_DEBUG": "1"}
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    proc = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env=env, start_new_session=True, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     log_text = (run / "train.log").read_text()
@@ -50,3 +53,82 @@ def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
     assert json.loads((run / "config.json").read_text())["resolved"]["world_size"] == 2
     assert json.loads((run / "confusion_matrix.json").read_text())["num_images"] == 6
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []  # no temp files left behind
+
+
+# Each torchrun gets its own session: when one of its workers fails (the --sync-bn test), the launcher's
+# clean-up must not reach the pytest processes that share our process group.
+
+
+def torchrun(script_options: dict, cwd: Path) -> None:
+    command = [
+        *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"),
+        *(str(Path(__file__).with_name("ddp_worker.py")), json.dumps(script_options)),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env=env, start_new_session=True, cwd=cwd
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+DDP_TINY = {"model": "shufflenet_v2_x0_5", "img_size": 32, "device": "cpu", "threads": 1, "workers": 0}
+
+
+def test_ranks_end_with_identical_weights(tmp_path: Path) -> None:
+    """Gradients are averaged over the ranks: each rank trains other images, yet all end with the same model."""
+    write_tree(tmp_path / "data" / "train", 8, seed=0)
+    write_tree(tmp_path / "data" / "val", 2, seed=1)
+    run = tmp_path / "run"
+    options = {**DDP_TINY, "data": str(tmp_path / "data"), "out": str(run), "epochs": 1, "batch_size": 4}
+    torchrun({**options, "lr": 1e-2}, tmp_path)
+    rank0, rank1 = (torch.load(run / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    initial = shufflenet_initial_fc(options)
+    assert not torch.equal(rank0["fc.weight"], initial)  # it trained
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+
+
+def shufflenet_initial_fc(options: dict) -> torch.Tensor:
+    from shufflenet.models import create_model
+
+    torch.manual_seed(0)  # rank 0's seed, which DDP broadcasts
+    return create_model(options["model"], num_classes=2).fc.weight.detach()
+
+
+def test_two_processes_equal_one_at_twice_the_batch(tmp_path: Path) -> None:
+    """With BatchNorm frozen (statistics do not depend on the batch) and SGD, 2 ranks x 4 images per step
+    give the weights 1 process x 8 images gives: the same images, the same crops, the mean of the gradients."""
+    import shufflenet
+
+    write_tree(tmp_path / "data" / "train", 8, seed=0)  # 16 images: 2 steps of 8
+    write_tree(tmp_path / "data" / "val", 3, seed=1)
+    options = {**DDP_TINY, "data": str(tmp_path / "data"), "epochs": 1, "optimizer": "sgd", "lr": 10.0}
+    options.update(freeze_backbone=True, cache_images=False)
+    torchrun({**options, "out": str(tmp_path / "two"), "batch_size": 4}, tmp_path)
+    one = shufflenet.train(**options, out=str(tmp_path / "one"), batch_size=8)
+    single = torch.load(tmp_path / "one" / "last.pt", weights_only=True)["state_dict"]
+    ranks = torch.load(tmp_path / "two" / "rank0.pt", weights_only=True)
+    start = shufflenet_initial_fc(options)
+    assert (single["fc.weight"] - start).abs().max() > 1e-5  # the classifier moved (frozen random features are small)
+    for key in single:
+        torch.testing.assert_close(ranks[key], single[key], rtol=1e-5, atol=1e-6, msg=key)
+    with open(tmp_path / "two" / "metrics.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert float(row["val_acc"]) == one.history[0]["val_acc"]
+    assert abs(float(row["train_loss"]) - one.history[0]["train_loss"]) < 1e-5
+
+
+def test_sync_bn_on_cpu_is_a_clear_error(tmp_path: Path) -> None:
+    """SyncBatchNorm runs on GPUs only: two CPU processes with --sync-bn stop with a one-line error."""
+    write_tree(tmp_path / "data" / "train", 4, seed=0)
+    write_tree(tmp_path / "data" / "val", 2, seed=1)
+    command = [
+        *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"),
+        *("-m", "shufflenet", "train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run")),
+        *("--model", "shufflenet_v2_x0_5", "--img-size", "32", "--device", "cpu", "--sync-bn", "--quiet"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env=env, start_new_session=True, cwd=tmp_path
+    )
+    assert proc.returncode != 0 and "--sync-bn needs CUDA GPUs" in proc.stderr

@@ -72,7 +72,7 @@ def test_resume_matches_an_uninterrupted_run(image_tree: Path, tmp_path: Path) -
     straight = shufflenet.train(data=str(image_tree), out=str(tmp_path / "a"), epochs=2, **TINY)
     shufflenet.train(data=str(image_tree), out=str(tmp_path / "b"), epochs=1, **TINY)
     # A resumed run keeps its own options: lr=0.5 is ignored (with a warning), so the weights still match.
-    resumed = shufflenet.train(out=str(tmp_path / "b"), resume=True, epochs=2, workers=0, lr=0.5)
+    resumed = shufflenet.train(out=str(tmp_path / "b"), resume=True, epochs=2, workers=0, device="cpu", lr=0.5)
     assert "ignoring lr=0.5" in (tmp_path / "b" / "train.log").read_text()
     assert [row["epoch"] for row in resumed.history] == [1, 2]
     assert len(read_rows(tmp_path / "b" / "metrics.csv")) == 2
@@ -95,7 +95,7 @@ def test_signal_mid_epoch_leaves_a_last_pt_that_resume_finishes(
     last = torch.load(run / "last.pt", weights_only=True)
     assert last["epoch"] == 0 and 1 <= last["step"] < 4
     monkeypatch.setattr(loaders, "train_transform", real)
-    resumed = shufflenet.train(out=str(run), resume=True, workers=0)
+    resumed = shufflenet.train(out=str(run), resume=True, workers=0, device="cpu")
     assert resumed.stopped is None and [row["epoch"] for row in resumed.history] == [1, 2]
     assert resumed.history[0]["train_acc"] * 26 == pytest.approx(round(resumed.history[0]["train_acc"] * 26))
 
@@ -149,6 +149,7 @@ def test_single_tree_is_split_and_the_split_is_reused(tmp_path: Path) -> None:
 
 
 def test_freeze_backbone_with_pretrained_weights(image_tree: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
     pretrained = create_model("shufflenet_v2_x0_5", num_classes=1000)
     weights = tmp_path / "pretrained.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in pretrained.state_dict().items()}}, weights)
@@ -164,6 +165,7 @@ def test_freeze_backbone_with_pretrained_weights(image_tree: Path, tmp_path: Pat
 
 def test_weights_for_another_architecture_are_refused(image_tree: Path, tmp_path: Path) -> None:
     weights = tmp_path / "v1.pth"
+    torch.manual_seed(0)
     torch.save(create_model("shufflenet_v1_g3_x0_25", num_classes=2).state_dict(), weights)
     with pytest.raises(ValueError, match="another architecture"):
         shufflenet.train(data=str(image_tree), out=str(tmp_path / "run"), epochs=1, weights=str(weights), **TINY)

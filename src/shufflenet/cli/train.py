@@ -80,6 +80,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--threads", type=int, help="PyTorch CPU threads (default: one per core; 1 is faster on a busy machine)"
     )
     parser.add_argument(
+        "--sync-bn", action="store_true", default=None, help="under torchrun on GPUs: BatchNorm over the global batch"
+    )
+    parser.add_argument(
+        "--check-every",
+        type=int,
+        metavar="N",
+        help="steps between the processes' stop/NaN checks, one host sync each (default: 1 on CPU, 16 on GPUs)",
+    )
+    parser.add_argument(
         "--cache-images",
         action=argparse.BooleanOptionalAction,
         default=None,

@@ -24,7 +24,18 @@ AUTO_AUGMENTS = ("trivialaugment", "randaugment")
 # Weight decay when none is given: the seed's Adam has none; SGD uses the ShuffleNet papers' 4e-5.
 DEFAULT_WEIGHT_DECAY = {"adam": 0.0, "adamw": 0.05, "sgd": 4e-5}
 # Options that may change when a run is resumed; the others define the run and are kept from last.pt.
-RUNTIME_OPTIONS = ("data", "out", "epochs", "device", "amp", "channels_last", "workers", "threads", "progress")
+RUNTIME_OPTIONS = (
+    "data",
+    "out",
+    "epochs",
+    "device",
+    "amp",
+    "channels_last",
+    "workers",
+    "threads",
+    "check_every",
+    "progress",
+)
 
 
 @dataclass
@@ -64,6 +75,8 @@ class TrainConfig:
     channels_last: bool | None = None  # None: on for CPU and CUDA (much faster depthwise convs there)
     workers: int | None = None  # None: picked for the device
     threads: int | None = None  # PyTorch CPU threads (None: its default, one per core); 1 on a busy machine
+    sync_bn: bool = False  # under DDP, BatchNorm statistics over the global batch (SyncBatchNorm; CUDA only)
+    check_every: int | None = None  # steps between the ranks' stop/NaN checks (None: 1 on CPU, 16 on GPUs)
     cache_images: bool | None = None  # keep decoded, resized images in memory (None: when they fit in 2 GiB)
     resume: bool = False
     overwrite: bool = False
@@ -102,6 +115,8 @@ class TrainConfig:
             raise ValueError("warmup_epochs and weight_decay must be >= 0")
         if self.workers is not None and self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.check_every is not None and self.check_every < 1:
+            raise ValueError(f"check_every must be >= 1, got {self.check_every}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if not self.out:

@@ -77,14 +77,19 @@ def build_data(cfg: TrainConfig, dist: Distributed, run_dir: Path, split_existed
         "; decoded images cached in memory" if cached else "",
         workers,
     )
+    train_data = SeededSamples(train_data, cfg.seed)
     sampler = ResumableSampler(
         DistributedSampler(train_data, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=cfg.seed)
     )
     per_rank = len(sampler.sampler)
     options = loader_options(workers, dist.device)
-    # BatchNorm cannot train on a batch of one image.
+    # BatchNorm cannot train on a batch of one image. The loader's own generator keeps it from drawing on the
+    # global RNG, whose state last.pt saves.
     drop_last = per_rank % cfg.batch_size == 1
-    train_loader = DataLoader(train_data, batch_size=cfg.batch_size, sampler=sampler, drop_last=drop_last, **options)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    train_loader = DataLoader(
+        train_data, batch_size=cfg.batch_size, sampler=sampler, drop_last=drop_last, generator=generator, **options
+    )
     if len(train_loader) == 0:
         raise ValueError(f"{cfg.data}: too few training images for one batch per process; add images")
     val_shard = Subset(val_data, list(range(dist.rank, len(val_data), dist.world_size)))
@@ -123,23 +128,55 @@ def loader_options(workers: int, device: torch.device) -> dict[str, Any]:
     return options
 
 
-class ResumableSampler(Sampler[int]):
-    """A DistributedSampler whose epoch can start part-way through (resuming an interrupted epoch)."""
+class ResumableSampler(Sampler[tuple[int, int]]):
+    """A DistributedSampler whose epoch can start part-way through (resuming an interrupted epoch).
+
+    It yields ``(epoch, index)`` keys for :class:`SeededSamples`: the epoch travels with each index, so loader
+    worker processes (persistent ones included) know it without being told.
+    """
 
     def __init__(self, sampler: DistributedSampler) -> None:
         self.sampler = sampler
+        self.epoch = 0
         self.skip = 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         """Shuffle for ``epoch`` and start after its first ``skip`` samples."""
         self.sampler.set_epoch(epoch)
-        self.skip = skip
+        self.epoch, self.skip = epoch, skip
 
-    def __iter__(self) -> Iterator[int]:
-        return itertools.islice(iter(self.sampler), self.skip, None)
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((self.epoch, index) for index in itertools.islice(iter(self.sampler), self.skip, None))
 
     def __len__(self) -> int:
         return max(0, len(self.sampler) - self.skip)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one image's augmentation in one epoch."""
+    return ((seed * 1_000_003 + epoch) * 1_000_003 + index) & (2**63 - 1)
+
+
+class SeededSamples(Dataset):
+    """Each image's random augmentation comes from its own generator, seeded by (seed, epoch, index).
+
+    So the crops and flips of an epoch do not depend on the number of loader workers, on how far they
+    prefetched, on the rank an image goes to, or on where an interrupted run was resumed: ``--resume``
+    needs no worker RNG state to continue bit for bit, and DDP sees the augmentations a single process would.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        with torch.random.fork_rng(devices=[]):  # the caller's global RNG is left as it was
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            return self.dataset[index]
 
 
 class CachedImages(Dataset):

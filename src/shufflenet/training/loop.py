@@ -135,7 +135,7 @@ def _train_in_run_dir(
     class_names, normalize, steps_per_epoch = data.class_names, data.normalize, len(data.train_loader)
 
     # ---- model, optimizer, schedule
-    model = _build_model(cfg, len(class_names), pretrained=resume_from is None)
+    model = _build_model(cfg, len(class_names), pretrained=resume_from is None, dist=dist)
     model.to(device, memory_format=memory_format)
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
@@ -173,6 +173,7 @@ def _train_in_run_dir(
     stopped, message = None, ""
     stop.arm()
     autocast = partial(torch.autocast, device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+    check_every = cfg.check_every or (1 if device.type == "cpu" else 16)
     for epoch in range(at.epoch, cfg.epochs):
         first_step = at.step if epoch == at.epoch else 0
         data.sampler.set_epoch(epoch, skip=first_step * cfg.batch_size)
@@ -184,6 +185,7 @@ def _train_in_run_dir(
         bar = progress_bar(
             steps_per_epoch, first_step, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and dist.is_main
         )
+        pending, counts = [], []  # (loss, correct) on the device and batch sizes, per step since the last check
         for images, targets in data.train_loader:
             images = normalize(images.to(device, non_blocking=True, memory_format=memory_format))
             targets = targets.to(device, non_blocking=True)
@@ -193,15 +195,6 @@ def _train_in_run_dir(
             with autocast():
                 logits = model(images)
             loss = criterion(logits.float(), targets)
-            # Every rank learns each step whether any rank saw a NaN or got a stop signal, so all stop together.
-            votes = torch.stack([loss.detach().float(), torch.tensor(float(stop.count), device=device)])
-            loss_sum, stop_votes = dist.sum(votes).tolist()
-            if not math.isfinite(loss_sum):
-                stopped, message = "diverged", _diverged_message(loss.item(), epoch, step, run_dir)
-                break
-            if stop_votes > 0:
-                stopped = "interrupted"
-                break
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -211,10 +204,22 @@ def _train_in_run_dir(
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             step += 1
-            with torch.no_grad():
-                correct = (logits.argmax(1) == hard_labels(targets)).sum()
-            sums += torch.tensor([loss.item() * len(targets), correct.item(), len(targets)], dtype=torch.float64)
-            _update_bar(bar, sums, seconds_before + time.perf_counter() - started, dist.world_size)
+            correct = (logits.detach().argmax(1) == hard_labels(targets)).sum()
+            pending.append(torch.stack([loss.detach().float(), correct.float()]))
+            counts.append(len(targets))
+            if step % check_every and step < steps_per_epoch:
+                continue
+            # Every check_every steps (one host sync) the ranks agree whether any saw a NaN or got a stop
+            # signal, so all stop together, after the step in flight; the epoch's last step is always checked.
+            bad_step, stop_votes = _check(pending, counts, sums, step, stop, dist)
+            _update_bar(bar, sums, seconds_before + time.perf_counter() - started, dist.world_size, len(counts))
+            pending, counts = [], []
+            if bad_step is not None:
+                stopped, message = "diverged", _diverged_message(bad_step, epoch, run_dir)
+                break
+            if stop_votes > 0 and step < steps_per_epoch:
+                stopped = "interrupted"
+                break
         if bar is not None:
             bar.close()
         train_seconds = seconds_before + time.perf_counter() - started
@@ -233,17 +238,8 @@ def _train_in_run_dir(
         train_loss, train_correct, train_count = dist.sum(sums).tolist()
         dist.broadcast_buffers(raw_model)  # validate (and save) rank 0's BatchNorm statistics on every rank
         val = _evaluate_shards(raw_model, data, device, amp_dtype, memory_format, dist)
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": train_loss / train_count,
-            "train_acc": train_correct / train_count,
-            "val_loss": val.loss,
-            "val_acc": val.top1,
-            "val_top5": val.top5,
-            "lr": lr,
-            "epoch_seconds": seconds_before + time.perf_counter() - started,
-            "train_img_per_s": train_count / train_seconds,
-        }
+        seconds = (seconds_before + time.perf_counter() - started, train_seconds)
+        row = _epoch_row(epoch + 1, (train_loss, train_correct, train_count), val, lr, seconds)
         improved_ema = False
         if ema is not None:
             ema_val = _evaluate_shards(ema.module, data, device, amp_dtype, memory_format, dist)
@@ -293,6 +289,24 @@ def _train_in_run_dir(
     return TrainResult(run_dir, history, best_epoch, best, stopped, message, dist.world_size, list(data.bundle.skipped))
 
 
+def _epoch_row(
+    epoch: int, train_sums: tuple[float, float, float], val: EvalResult, lr: float, seconds: tuple[float, float]
+) -> dict[str, float]:
+    """One metrics.csv row; ``seconds`` are the epoch's and its training part's."""
+    train_loss, train_correct, train_count = train_sums
+    return {
+        "epoch": epoch,
+        "train_loss": train_loss / train_count,
+        "train_acc": train_correct / train_count,
+        "val_loss": val.loss,
+        "val_acc": val.top1,
+        "val_top5": val.top5,
+        "lr": lr,
+        "epoch_seconds": seconds[0],
+        "train_img_per_s": train_count / seconds[1],
+    }
+
+
 def _log_setup(dist: Distributed, amp_dtype: torch.dtype | None, channels_last: bool) -> None:
     log.info(
         "world size %d (%s), device %s, amp %s, channels_last %s, %d CPU threads",
@@ -305,9 +319,15 @@ def _log_setup(dist: Distributed, amp_dtype: torch.dtype | None, channels_last: 
     )
 
 
-def _build_model(cfg: TrainConfig, num_classes: int, pretrained: bool) -> nn.Module:
-    """The architecture with ``cfg.weights`` loaded (unless resuming) and the backbone frozen if asked."""
+def _build_model(cfg: TrainConfig, num_classes: int, pretrained: bool, dist: Distributed) -> nn.Module:
+    """The architecture with ``cfg.weights`` loaded (unless resuming), SyncBatchNorm and frozen backbone if asked."""
     model = create_model(cfg.model, num_classes=num_classes)
+    if cfg.sync_bn and dist.world_size > 1:
+        if dist.device.type != "cuda":
+            raise ValueError("--sync-bn needs CUDA GPUs: PyTorch's SyncBatchNorm does not run on CPUs; drop --sync-bn")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameter names: checkpoints load as usual
+    elif cfg.sync_bn:
+        log.info("--sync-bn has nothing to do in a single process: BatchNorm already sees the whole batch")
     if cfg.weights and pretrained:
         report = load_pretrained(model, cfg.weights)
         log.info("weights: %s", report.summary())
@@ -325,15 +345,33 @@ def set_train_mode(model: nn.Module, freeze_backbone: bool = False) -> None:
         model.get_classifier().train()
 
 
-def _diverged_message(loss: float, epoch: int, step: int, run_dir: Path) -> str:
+def _check(
+    pending: list[torch.Tensor], counts: list[int], sums: torch.Tensor, step: int, stop: StopRequest, dist: Distributed
+) -> tuple[tuple[int, float] | None, float]:
+    """Add the pending steps' (loss x images, correct, images) to ``sums`` (float64, on the host); return the
+    first non-finite loss here as (step, loss), or (0, nan) when only another rank saw one, and the number of
+    stop signals all ranks received."""
+    rows = torch.stack(pending).cpu().tolist()  # the one host synchronisation
+    for (loss, correct), count in zip(rows, counts, strict=True):
+        sums += torch.tensor([loss * count, correct, count], dtype=torch.float64)
+    first = next((i for i, row in enumerate(rows) if not math.isfinite(row[0])), None)
+    bad_ranks, stop_votes = dist.sum(torch.tensor([float(first is not None), float(stop.count)])).tolist()
+    bad_step = None
+    if first is not None:
+        bad_step = (step - len(rows) + first + 1, rows[first][0])
+    elif bad_ranks > 0:
+        bad_step = (0, math.nan)
+    return bad_step, stop_votes
+
+
+def _diverged_message(bad_step: tuple[int, float], epoch: int, run_dir: Path) -> str:
     kept = f"{run_dir / 'last.pt'} keeps epoch {epoch}" if epoch else "no checkpoint was written"
-    return (
-        f"loss is {loss} at epoch {epoch + 1}, step {step + 1}: training stopped; {kept}. "
-        f"Try a lower --lr, --amp none, or check the data"
-    )
+    step, loss = bad_step
+    where = f"at epoch {epoch + 1}, step {step}" if step else f"on another process in epoch {epoch + 1}"
+    return f"loss is {loss} {where}: training stopped; {kept}. Try a lower --lr, --amp none, or check the data"
 
 
-def _update_bar(bar: Any, sums: torch.Tensor, elapsed: float, world_size: int) -> None:
+def _update_bar(bar: Any, sums: torch.Tensor, elapsed: float, world_size: int, steps: int) -> None:
     if bar is None:
         return
     bar.set_postfix(
@@ -342,7 +380,7 @@ def _update_bar(bar: Any, sums: torch.Tensor, elapsed: float, world_size: int) -
         img_s=f"{sums[2] * world_size / max(elapsed, 1e-9):.0f}",
         refresh=False,
     )
-    bar.update()
+    bar.update(steps)
 
 
 def _evaluate_shards(
