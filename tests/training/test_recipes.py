@@ -91,6 +91,17 @@ def test_recipe_is_chosen_by_weights_and_explicit_options_win() -> None:
     assert all(set(RECIPE_KEYS) <= set(recipe_values(name, 64)) for name in RECIPES)
 
 
+def test_another_optimizer_given_alone_gets_its_own_weight_decay() -> None:
+    sgd, _ = resolve_recipe(TrainConfig(out="r", optimizer="sgd"), {"out", "optimizer"})
+    assert sgd.recipe == "scratch" and sgd.weight_decay is None  # SGD's 4e-5, not AdamW's 0.05
+    both, _ = resolve_recipe(
+        TrainConfig(out="r", optimizer="sgd", weight_decay=1e-3), {"out", "optimizer", "weight_decay"}
+    )
+    assert both.weight_decay == 1e-3
+    same, _ = resolve_recipe(TrainConfig(out="r", optimizer="adamw"), {"out", "optimizer"})
+    assert same.weight_decay == RECIPES["scratch"]["weight_decay"]
+
+
 def test_scratch_augmentation_follows_the_image_size() -> None:
     small, large = recipe_values("scratch", 32), recipe_values("scratch", 224)
     assert small["crop_scale"] > large["crop_scale"]

@@ -139,6 +139,10 @@ def resolve_recipe(cfg: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, l
         img_size = values["img_size"]
         values = recipe_values(name, img_size)
     chosen = {k: v for k, v in values.items() if k not in explicit}
+    if "optimizer" in explicit and "weight_decay" in chosen and cfg.optimizer != values.get("optimizer"):
+        # A recipe's weight decay belongs to its optimizer (AdamW's decoupled 0.05 would be a huge L2 penalty
+        # for SGD): another optimizer given on its own gets its own default (DEFAULT_WEIGHT_DECAY).
+        chosen["weight_decay"] = None
     resolved = dataclasses.replace(cfg, recipe=name, **chosen).validate()
     overridden = {k: getattr(cfg, k) for k, v in values.items() if k in explicit and getattr(cfg, k) != v}
     notes = [f"recipe {name}{why}: " + ", ".join(f"{k}={v!r}" for k, v in chosen.items())]
