@@ -228,24 +228,17 @@ def _train_in_run_dir(
         if stopped == "interrupted":
             if dist.is_main:
                 save_last(epoch, step, sums, train_seconds)
-            message = (
-                f"stopped by a signal at epoch {epoch + 1}, step {step}/{steps_per_epoch}; "
-                f"{run_dir / 'last.pt'} is saved there: continue with --resume"
-            )
+            message = _interrupted_message(epoch, step, steps_per_epoch, run_dir)
             break
 
         # ---- validation (each rank a shard, summed), metrics, checkpoints
         train_loss, train_correct, train_count = dist.sum(sums).tolist()
         dist.broadcast_buffers(raw_model)  # validate (and save) rank 0's BatchNorm statistics on every rank
-        val = _evaluate_shards(raw_model, data, device, amp_dtype, memory_format, dist)
+        shards = (data, device, amp_dtype, memory_format, dist)
+        val = _evaluate_shards(raw_model, *shards)
         seconds = (seconds_before + time.perf_counter() - started, train_seconds)
         row = _epoch_row(epoch + 1, (train_loss, train_correct, train_count), val, lr, seconds)
-        improved_ema = False
-        if ema is not None:
-            ema_val = _evaluate_shards(ema.module, data, device, amp_dtype, memory_format, dist)
-            best_ema = max((r.get("val_acc_ema", -1.0) for r in history), default=-1.0)
-            row.update(val_loss_ema=ema_val.loss, val_acc_ema=ema_val.top1)
-            improved_ema = ema_val.top1 > best_ema
+        improved_ema = ema is not None and _evaluate_ema(ema, row, history, *shards)
         history.append(row)
         improved = row["val_acc"] > best_val_acc
         if improved:
@@ -257,10 +250,7 @@ def _train_in_run_dir(
                 best = checkpoint(epoch=epoch + 1, val_acc=val.top1, val_top5=val.top5, val_loss=val.loss)
                 save_checkpoint(run_dir / "best.pt", best)
             if improved_ema:
-                best = make_checkpoint(
-                    ema, cfg.model, class_names, data.preprocessing, {}, config=cfg.to_dict(), ema=True
-                )
-                save_checkpoint(run_dir / "best_ema.pt", {**best, "epoch": epoch + 1, "val_acc": row["val_acc_ema"]})
+                _save_best_ema(run_dir, ema, cfg, data, row)
         run_folder.log_epoch(row, cfg.epochs, improved)
         if dist.sum(torch.tensor([stop.count], device=device)).item() > 0 and epoch + 1 < cfg.epochs:
             stopped = "interrupted"
@@ -271,22 +261,66 @@ def _train_in_run_dir(
     if tensorboard is not None:
         tensorboard.close()
     if dist.is_main and history:
-        full_val = None
-        if stopped != "interrupted":
-            full_val = torch.utils.data.DataLoader(data.val_data, batch_size=cfg.batch_size, **data.loader_options)
-        eval_options = {
-            "device": device,
-            "amp": amp_dtype,
-            "channels_last": channels_last,
-            "batch_transform": normalize,
-        }
-        run_folder.write_plots(run_dir, history, raw_model, full_val, class_names, **eval_options)
-    if stopped == "diverged":
-        log.error(message)
-    elif stopped:
-        log.warning(message)
+        _write_plots(cfg, run_dir, history, raw_model, data, stopped, device, amp_dtype, channels_last)
+    if stopped:
+        (log.error if stopped == "diverged" else log.warning)(message)
     best = best_val_acc if best_epoch is not None else None
     return TrainResult(run_dir, history, best_epoch, best, stopped, message, dist.world_size, list(data.bundle.skipped))
+
+
+def _evaluate_ema(
+    ema: nn.Module,
+    row: dict[str, float],
+    history: list[dict[str, float]],
+    data: TrainData,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    memory_format: torch.memory_format,
+    dist: Distributed,
+) -> bool:
+    """Validate the EMA weights into ``row`` (val_loss_ema, val_acc_ema); whether they beat every earlier epoch."""
+    ema_val = _evaluate_shards(ema.module, data, device, amp_dtype, memory_format, dist)
+    best_ema = max((r.get("val_acc_ema", -1.0) for r in history), default=-1.0)
+    row.update(val_loss_ema=ema_val.loss, val_acc_ema=ema_val.top1)
+    return ema_val.top1 > best_ema
+
+
+def _save_best_ema(run_dir: Path, ema: nn.Module, cfg: TrainConfig, data: TrainData, row: dict[str, float]) -> None:
+    """best_ema.pt: the EMA weights of the epoch in ``row``, a checkpoint like best.pt."""
+    best = make_checkpoint(ema, cfg.model, data.class_names, data.preprocessing, {}, config=cfg.to_dict(), ema=True)
+    save_checkpoint(run_dir / "best_ema.pt", {**best, "epoch": row["epoch"], "val_acc": row["val_acc_ema"]})
+
+
+def _interrupted_message(epoch: int, step: int, steps_per_epoch: int, run_dir: Path) -> str:
+    """What a run stopped by a signal mid-epoch says."""
+    return (
+        f"stopped by a signal at epoch {epoch + 1}, step {step}/{steps_per_epoch}; "
+        f"{run_dir / 'last.pt'} is saved there: continue with --resume"
+    )
+
+
+def _write_plots(
+    cfg: TrainConfig,
+    run_dir: Path,
+    history: list[dict[str, float]],
+    model: nn.Module,
+    data: TrainData,
+    stopped: str | None,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    channels_last: bool,
+) -> None:
+    """result.png, and the confusion matrix of the best checkpoint on the whole validation set (not when stopped)."""
+    full_val = None
+    if stopped != "interrupted":
+        full_val = torch.utils.data.DataLoader(data.val_data, batch_size=cfg.batch_size, **data.loader_options)
+    eval_options = {
+        "device": device,
+        "amp": amp_dtype,
+        "channels_last": channels_last,
+        "batch_transform": data.normalize,
+    }
+    run_folder.write_plots(run_dir, history, model, full_val, data.class_names, **eval_options)
 
 
 def _epoch_row(
