@@ -77,7 +77,8 @@ def rerun_in_fresh_interpreter(request: pytest.FixtureRequest) -> bool:
     env = {**os.environ, "SHUFFLENET_FRESH_TEST": node}
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", node]
     proc = subprocess.run(command, cwd=request.config.rootpath, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{node} failed in a fresh interpreter:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
+    output = f"{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
+    assert proc.returncode == 0, f"{node} failed in a fresh interpreter (exit status {proc.returncode}):\n{output}"
     return False
 
 

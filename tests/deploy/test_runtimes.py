@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import re
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +13,9 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import rerun_in_fresh_interpreter
 from deploy.helpers import IMG, NUM_CLASSES, assert_close_logits, reference
-from shufflenet import deploy
+from shufflenet import create_model, deploy
 from shufflenet.deploy.runtimes import base
 
 ort = pytest.importorskip("onnxruntime")
@@ -60,6 +64,35 @@ def test_openvino_every_precision_agrees(v2, onnx_file, batch, calibration, monk
         assert_close_logits(ref, deploy.load_onnx(onnx_file, "openvino", "bf16")(batch), rel=0.05, min_top1=0.95)
     int8 = deploy.load_onnx(onnx_file, "openvino", "int8", calibration_data=calibration)
     assert_close_logits(ref, int8(batch), rel=0.2, min_top1=0.9)
+
+
+def test_openvino_models_released_in_creation_order_leave_signals_deliverable(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Each ov.Core's CPU plugin swaps in its own sigaltstack and frees it on release; with a Core per model,
+    releasing two models oldest-first left the thread's alternate stack unmapped, and the next signal handled
+    on it (SIGCHLD of a DataLoader worker or subprocess, under pytest's faulthandler) was an uncatchable
+    SIGSEGV. Runs in a fresh interpreter: the broken behaviour kills the process it happens in."""
+    pytest.importorskip("openvino")
+    if not rerun_in_fresh_interpreter(request):
+        return
+    torch.manual_seed(0)
+    model = create_model("shufflenet_v2_x0_5", num_classes=NUM_CLASSES).eval()
+    path = deploy.export_onnx(model, tmp_path / "m.onnx", img_size=IMG)
+    first, second = (deploy.load_onnx(path, "openvino", "fp32") for _ in range(2))
+    x = torch.randn(1, 3, IMG, IMG)
+    assert torch.allclose(first(x), second(x))
+    del first
+    gc.collect()
+    del second  # creation order, as garbage collection may release them; not last-in first-out
+    gc.collect()
+    received: list[int] = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: received.append(signum))
+    try:  # CPython installs handlers with SA_ONSTACK: this one runs on the main thread's alternate stack
+        signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert received == [signal.SIGUSR1]
 
 
 def test_large_batches_run_in_chunks_with_identical_results(onnx_file: Path, batch: torch.Tensor, monkeypatch) -> None:

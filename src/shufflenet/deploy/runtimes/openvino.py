@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,21 @@ from shufflenet.deploy.backends import _require
 from shufflenet.deploy.errors import DeployError, _describe, _first_line
 from shufflenet.deploy.export import _onnx_input_shape
 from shufflenet.deploy.runtimes.base import CompiledModel, default_max_batch
+
+
+@functools.cache
+def _core() -> Any:
+    """The process's one ``ov.Core``, shared by every model and never released.
+
+    OpenVINO's CPU plugin, created once per Core, installs its own alternate signal stack (sigaltstack) in
+    the creating thread and frees it when the Core goes; it restores the stack it found only when it is
+    still the current one. Two Cores released in creation order (not last-in first-out, as garbage
+    collection does) therefore leave the thread's alternate stack pointing at unmapped memory, and the
+    next signal handled there (SIGCHLD after a subprocess or DataLoader worker exits, with faulthandler
+    on as under pytest) kills the process with SIGSEGV and no traceback. One Core, as OpenVINO
+    recommends, creates the plugin once. Compile settings are per call, so sharing changes nothing else.
+    """
+    return _require("openvino").Core()
 
 
 class OpenVinoModel(CompiledModel):
@@ -29,11 +45,10 @@ class OpenVinoModel(CompiledModel):
     chunks_by_default = False
 
     def __init__(self, onnx_model: str | Path, precision: str = "fp32", threads: int | None = None) -> None:
-        ov = _require("openvino")
         channels, spatial, batch = _onnx_input_shape(onnx_model)
         super().__init__(channels, spatial, threads, batch)
         self.precision = precision
-        self.core = ov.Core()
+        self.core = _core()
         if precision == "bf16" and "BF16" not in self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
             raise DeployError("openvino reports no bf16 support on this CPU; use precision='fp32' or 'int8'")
         try:
