@@ -1,4 +1,4 @@
-"""The OpenVINO runtime: an exported ONNX file compiled per input shape, batches spread over streams."""
+"""The OpenVINO runtime: an exported ONNX file or OpenVINO IR compiled per input shape, batches over streams."""
 
 from __future__ import annotations
 
@@ -11,7 +11,18 @@ from torch import Tensor
 from shufflenet.deploy.backends import _require
 from shufflenet.deploy.errors import DeployError, _describe, _first_line
 from shufflenet.deploy.export import _onnx_input_shape
+from shufflenet.deploy.ir import is_ir, read_ir_model
 from shufflenet.deploy.runtimes.base import CompiledModel, default_max_batch
+
+
+def _ir_input_shape(model: Any) -> tuple[int, tuple[int, int] | None, int | None]:
+    """Channels, fixed (H, W) and fixed batch of an OpenVINO model's input (None where dynamic)."""
+    dims = model.inputs[0].get_partial_shape()
+    values = [d.get_length() if d.is_static else None for d in dims]
+    if len(values) != 4:
+        raise DeployError(f"the OpenVINO model's input has {len(values)} dimensions, expected 4 (N, C, H, W)")
+    spatial = (values[2], values[3]) if values[2] and values[3] else None
+    return values[1] or 3, spatial, values[0]
 
 
 class OpenVinoModel(CompiledModel):
@@ -30,14 +41,15 @@ class OpenVinoModel(CompiledModel):
 
     def __init__(self, onnx_model: str | Path, precision: str = "fp32", threads: int | None = None) -> None:
         ov = _require("openvino")
-        channels, spatial, batch = _onnx_input_shape(onnx_model)
+        model = read_ir_model(onnx_model) if is_ir(onnx_model) else None
+        channels, spatial, batch = _onnx_input_shape(onnx_model) if model is None else _ir_input_shape(model)
         super().__init__(channels, spatial, threads, batch)
         self.precision = precision
         self.core = ov.Core()
         if precision == "bf16" and "BF16" not in self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
             raise DeployError("openvino reports no bf16 support on this CPU; use precision='fp32' or 'int8'")
         try:
-            self.model = self.core.read_model(str(onnx_model))
+            self.model = self.core.read_model(str(onnx_model)) if model is None else model
         except Exception as err:  # openvino raises RuntimeError subclasses with long messages
             raise DeployError(f"openvino cannot read {_describe(onnx_model)}: {_first_line(err)}") from None
         self.streams = self.threads
