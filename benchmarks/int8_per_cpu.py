@@ -67,7 +67,7 @@ def measure(run: Path, out: Path) -> None:
         fp32 = deploy.compile_for_inference(model, backend, "fp32", example_input=x[:1])
         int8 = deploy.compile_for_inference(path, backend)
         speeds = {"fp32": [], "int8": []}
-        for _ in range(3):  # interleaved, so a shared CPU's load hits both alike
+        for _ in range(9):  # interleaved, so a shared CPU's load hits both alike
             for name, runner in (("fp32", fp32), ("int8", int8)):
                 speeds[name].append(_throughput(runner, x, 1))
         fp32_top1 = (torch.cat([fp32(x[i : i + 64]) for i in range(0, len(x), 64)]).argmax(1).numpy() == y).mean()
