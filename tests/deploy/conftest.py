@@ -1,15 +1,20 @@
-"""Module-scoped fixtures of the deployment tests: a trained v2, its ONNX file, batches, calibration data."""
+"""Module-scoped fixtures of the deploy tests: a trained v2, its ONNX file, batches, calibration data, a run folder."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
-from deploy.helpers import IMG, synthetic_batch, trained
-from shufflenet import deploy
+from deploy.helpers import IMG, RUN_CLASSES, RUN_COUNTS, synthetic_batch, trained
+from shufflenet import create_model, deploy
+from shufflenet.data import write_split
+from shufflenet.transforms import Preprocessing
+from shufflenet.weights import make_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -37,3 +42,26 @@ def onnx_file(v2: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def ort_runner(onnx_file: Path) -> deploy.CompiledModel:
     return deploy.load_onnx(onnx_file, "onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder as training leaves it: best.pt and split.json over real PNG class folders."""
+    root = tmp_path_factory.mktemp("int8")
+    data, run = root / "data", root / "run"
+    run.mkdir()
+    rng = np.random.default_rng(0)
+    train, val = [], []
+    for label, name in enumerate(RUN_CLASSES):
+        (data / name).mkdir(parents=True)
+        for i in range(RUN_COUNTS[name] + 2):
+            path = data / name / f"{i}.png"
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
+            (val if i < 2 else train).append((path, label))
+    write_split(run / "split.json", data, RUN_CLASSES, train, val, seed=0, val_split=0.2)
+    torch.manual_seed(0)
+    model = create_model("shufflenet_v2_x0_5", num_classes=len(RUN_CLASSES)).eval()
+    save_checkpoint(
+        run / "best.pt", make_checkpoint(model, "shufflenet_v2_x0_5", RUN_CLASSES, Preprocessing.for_size(32))
+    )
+    return run

@@ -9,6 +9,8 @@ from shufflenet import create_model, deploy
 
 IMG = 32
 NUM_CLASSES = 4
+RUN_CLASSES = ["a", "b", "c"]  # the run folder of the `run_dir` fixture (conftest.py)
+RUN_COUNTS = {"a": 12, "b": 6, "c": 3}  # training images per class: unbalanced, so stratification shows
 
 
 def synthetic_batch(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

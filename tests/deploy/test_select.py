@@ -82,3 +82,17 @@ def test_every_registered_runtime_resolves_to_its_runner_class() -> None:
         assert runtime.source in ("module", "onnx")
     with pytest.raises(ValueError, match="unknown backend 'ncnn'"):
         deploy.runner_class("ncnn")
+
+
+def test_auto_never_picks_a_reduced_precision_by_itself(v2: nn.Module, batch: torch.Tensor, onnx_file) -> None:
+    """``auto`` races backends at the precision asked (fp32 by default), never bf16/int8 because the CPU has it."""
+    from shufflenet.cli.evaluate import inference_function
+
+    assert inference_function(v2, "auto", None, [batch[:2]]).precision == "fp32"  # eval/predict --backend auto
+    assert deploy.load_onnx(onnx_file, "auto").precision == "fp32"
+    if deploy.backend_available("openvino"):
+        # OpenVINO on its own runs fp32 models in bf16 where the CPU has AMX/AVX-512 BF16; fp32 must pin f32.
+        runner = deploy.load_onnx(onnx_file, "openvino")
+        runner(batch[:1])
+        (request,) = runner._compiled_requests("latency", (1, 3, IMG, IMG))
+        assert str(request.get_compiled_model().get_property("INFERENCE_PRECISION_HINT").get_type_name()) == "f32"

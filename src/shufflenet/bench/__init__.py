@@ -9,7 +9,7 @@ turns results into table rows and a plot.
 from __future__ import annotations
 
 from shufflenet.bench.machine import cpu_model_name, library_versions, machine_info
-from shufflenet.bench.report import TABLE_COLUMNS, plot, table_rows
+from shufflenet.bench.report import TABLE_COLUMNS, not_faster_notes, plot, table_rows
 from shufflenet.bench.runner import (
     BASELINE_LABEL,
     EAGER_LABEL,
@@ -37,6 +37,7 @@ __all__ = [
     "cpu_model_name",
     "library_versions",
     "machine_info",
+    "not_faster_notes",
     "plot",
     "table_rows",
     "time_interleaved",

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from shufflenet.bench.runner import BenchResult
+from shufflenet.bench.runner import BenchResult, BenchRow
 
 TABLE_COLUMNS = [
     ("label", "backend"),
@@ -35,6 +36,30 @@ def table_rows(result: BenchResult) -> list[dict[str, Any]]:
             data["others"] = f"{row.others_cpu:.0%}" + ("" if row.clean else " (!)")
         out.append(data)
     return out
+
+
+def not_faster_notes(rows: Sequence[BenchRow]) -> list[str]:
+    """A line per reduced-precision candidate (bf16, int8) that measured no faster than the fastest fp32 row.
+
+    From the measured rows, batch size by batch size: a CPU's features say what it could do, the table what
+    it did (int8 without VNNI, bf16 without AMX, or a small model whose time goes to memory, not arithmetic).
+    """
+    fastest: dict[int, BenchRow] = {}
+    for row in rows:
+        if row.precision == "fp32" and (
+            row.batch_size not in fastest or row.median_ms < fastest[row.batch_size].median_ms
+        ):
+            fastest[row.batch_size] = row
+    slow: dict[str, list[str]] = {}
+    for row in rows:
+        best = fastest.get(row.batch_size)
+        if row.precision != "fp32" and best is not None and row.median_ms >= best.median_ms:
+            ratio = best.median_ms / row.median_ms
+            slow.setdefault(row.label, []).append(f"batch {row.batch_size}: {ratio:.2f}x {best.label}")
+    return [
+        f"{label} is not faster than fp32 here ({'; '.join(where)}): keep fp32 on this machine"
+        for label, where in slow.items()
+    ]
 
 
 def plot(result: BenchResult, path: str | Path) -> Path:

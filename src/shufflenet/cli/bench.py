@@ -107,10 +107,15 @@ def run(args: argparse.Namespace) -> int:
     features = deploy.cpu_features()
     print(f"CPU features: {deploy.describe_cpu(features)}")
     if not deploy.has_vnni(features):
-        print("  no VNNI: int8 uses 7-bit weights and 16-bit pair sums here; expect it little or no faster than fp32")
+        print(
+            "  no VNNI: int8 uses 7-bit weights and 16-bit pair sums here; expect it little or no faster than fp32 "
+            "(notes below the table say what it measured)"
+        )
     if not deploy.has_bf16(features):
         print("  no native bf16: bf16 would be emulated, slower than fp32, so it is not benchmarked")
     print(format_table(bench.table_rows(result), bench.TABLE_COLUMNS))
+    for note in bench.not_faster_notes(result.rows):
+        print(f"note: {note}")
     print(f"\nbaseline: {result.settings['baseline']}; median latency over interleaved rounds; p10-p90 is the spread.")
     print("peak +MiB: resident-memory growth during the first run at that batch size (a lower bound).")
     print(

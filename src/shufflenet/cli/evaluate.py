@@ -88,8 +88,8 @@ def inference_function(
 
 
 def load_weights(path: str | Path, backend: str | None, device: torch.device) -> nn.Module | Callable:
-    """A checkpoint as a model on ``device``, or an exported .onnx file (an int8 one too) as its CPU runner."""
-    if Path(path).suffix == ".onnx":
+    """A checkpoint as a model on ``device``, or an exported .onnx file / OpenVINO .xml (int8 too) as its CPU runner."""
+    if Path(path).suffix in (".onnx", ".xml"):
         from shufflenet.deploy import compile_for_inference
 
         return compile_for_inference(path, backend or "auto")
@@ -107,7 +107,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "checkpoint on DIR, whose class folders must match the checkpoint's (a train/ + val/ root means val/).",
     )
     parser.add_argument(
-        "--weights", metavar="FILE", required=True, help="checkpoint (RUN/best.pt) or exported/int8 .onnx file"
+        "--weights",
+        metavar="FILE",
+        required=True,
+        help="checkpoint (RUN/best.pt), exported/int8 .onnx file or int8 OpenVINO .xml",
     )
     parser.add_argument("--data", metavar="DIR", required=True, help="class-per-folder image tree")
     parser.add_argument("--json", metavar="FILE", help="write all results as JSON ('-' for stdout)")

@@ -25,7 +25,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     parser.add_argument(
-        "--weights", metavar="FILE", required=True, help="checkpoint (RUN/best.pt) or exported/int8 .onnx file"
+        "--weights",
+        metavar="FILE",
+        required=True,
+        help="checkpoint (RUN/best.pt), exported/int8 .onnx file or int8 OpenVINO .xml",
     )
     parser.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
     parser.add_argument("--json", metavar="FILE", help="write the predictions as JSON ('-' for stdout)")

@@ -17,12 +17,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--weights", required=True, metavar="FILE", help="checkpoint, e.g. RUN/best.pt")
     parser.add_argument("--backend", required=True, choices=["onnxruntime", "openvino"], help="runtime to run it on")
-    parser.add_argument("--out", required=True, metavar="FILE", help="int8 file to write (.onnx)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE",
+        help="int8 file to write: FILE.xml (+ FILE.bin) = OpenVINO IR by NNCF (--backend openvino); FILE.onnx = "
+        "ONNX Runtime's quantizer (QOperator for onnxruntime, QDQ for openvino)",
+    )
     parser.add_argument("--calibration", metavar="DIR", help="calibrate on these images instead of the train split")
     parser.add_argument("--calibration-size", type=int, default=300, help="images to calibrate on (default 300)")
     parser.add_argument("--val", metavar="DIR", help="class folders for the accuracy check (default: the val split)")
     parser.add_argument("--max-drop", type=float, default=1.0, help="top-1 points int8 may lose (default 1.0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the calibration sample (default 0)")
+    parser.add_argument(
+        "--accuracy-control",
+        action="store_true",
+        help="NNCF returns the layers that cost most accuracy to fp32 until int8 is within --max-drop (.xml only)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.set_defaults(func=run)
 
@@ -43,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         max_drop=args.max_drop,
         seed=args.seed,
         overwrite=args.overwrite,
+        accuracy_control=args.accuracy_control,
     )
     settings = result.settings
     print(f"wrote {result.path}: int8 for {result.backend} ({settings['tool']}, {settings['quant_format']})")

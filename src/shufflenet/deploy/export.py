@@ -19,6 +19,7 @@ from shufflenet.deploy.backends import _require_onnx
 from shufflenet.deploy.errors import DeployError, _describe, _first_line
 from shufflenet.deploy.folding import fold_batchnorm, prepare_for_inference
 from shufflenet.deploy.inputs import _in_chans, check_batch, default_example_input
+from shufflenet.deploy.ir import ir_metadata, is_ir, read_ir_model
 from shufflenet.transforms import Preprocessing
 
 ONNX_INPUT = "input"
@@ -176,10 +177,15 @@ def _load_onnx_proto(path: str | Path) -> Any:
 
 
 def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
-    """The ``shufflenet.*`` metadata of an exported file (class_names, preprocessing as a Preprocessing, ...)."""
-    proto = _load_onnx_proto(path)
+    """The ``shufflenet.*`` metadata of an exported file (class_names, preprocessing as a Preprocessing, ...).
+
+    An OpenVINO IR (``.xml``, :mod:`.ir`) gives the same keys from its rt_info.
+    """
     meta: dict[str, Any] = {}
-    for entry in proto.metadata_props:
+    entries = [] if is_ir(path) else _load_onnx_proto(path).metadata_props
+    if is_ir(path):
+        meta = ir_metadata(read_ir_model(path), path)
+    for entry in entries:
         if entry.key.startswith(METADATA_PREFIX):
             try:
                 meta[entry.key[len(METADATA_PREFIX) :]] = json.loads(entry.value)

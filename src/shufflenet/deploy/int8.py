@@ -1,6 +1,7 @@
 """``quantize_run``: a checkpoint to an int8 file, calibrated on its training images, checked on its validation images.
 
-The file (.onnx) carries the usual metadata plus ``int8`` (settings and CPU features, :mod:`.quantize`),
+The file (.onnx, or an OpenVINO IR .xml + .bin made by NNCF, :mod:`.ir`) carries the usual metadata plus
+``int8`` (settings and CPU features, :mod:`.quantize`),
 ``int8_calibration`` (where the images came from) and ``int8_accuracy`` (fp32 and int8 top-1 on the
 validation images); compile_for_inference, eval, predict and bench load it in place of a checkpoint.
 """
@@ -11,7 +12,7 @@ import json
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ from shufflenet.data import Sample, scan_image_folder
 from shufflenet.deploy.calibration import folder_samples, load_batches, run_split, stratified_sample
 from shufflenet.deploy.errors import DeployError
 from shufflenet.deploy.export import METADATA_PREFIX, _check_output_path, export_onnx, read_onnx_metadata
-from shufflenet.deploy.quantize import _QUANT_FORMAT, quantize_onnx
+from shufflenet.deploy.ir import IR_SUFFIX, is_ir, nncf_quantize, onnx_metadata_values, read_ir_model, save_ir
+from shufflenet.deploy.quantize import _QUANT_FORMAT, _calibration_batches, choose_int8_settings, quantize_onnx
 from shufflenet.deploy.select import load_onnx
 
 
@@ -73,16 +75,25 @@ def quantize_model(
     max_drop: float = 1.0,
     calibration_info: dict[str, Any] | None = None,
     overwrite: bool = False,
+    accuracy_control: bool = False,
 ) -> Int8Result:
-    """Quantize ``model`` for ``backend``, check top-1 fp32 vs int8, write ``out`` unless it lost > ``max_drop``."""
+    """Quantize ``model`` for ``backend``, check top-1 fp32 vs int8, write ``out`` unless it lost > ``max_drop``.
+
+    ``out`` ending in ``.xml``: an OpenVINO IR quantized by NNCF (backend openvino; with ``accuracy_control``,
+    NNCF keeps the layers that cost most accuracy in fp32 until the drop is within ``max_drop``); ``.onnx``:
+    ONNX Runtime's quantizer.
+    """
     out = Path(out)
     _check_output_path(out, overwrite)
-    if out.suffix != ".onnx":
-        raise ValueError(f"{out}: the int8 file is an ONNX file; name it *.onnx")
+    ir = _check_int8_target(out, backend, accuracy_control)
     fp32_top1 = _top1(model.eval(), val_batches, val_labels)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", example_input=val_batches[0][:1], dynamic_batch=True)
-        int8 = quantize_onnx(fp32, Path(tmp) / "int8.onnx", calibration, _QUANT_FORMAT[backend])
+        if ir:
+            control = (val_batches, val_labels, max_drop / 100) if accuracy_control else None
+            int8 = _nncf_ir(fp32, Path(tmp) / "int8.xml", calibration, control)
+        else:
+            int8 = quantize_onnx(fp32, Path(tmp) / "int8.onnx", calibration, _QUANT_FORMAT[backend])
         int8_top1 = _top1(load_onnx(int8, backend, "int8"), val_batches, val_labels)
         result = Int8Result(
             out,
@@ -97,12 +108,53 @@ def quantize_model(
             raise AccuracyDropError(
                 f"int8 top-1 {int8_top1:.4f} vs fp32 {fp32_top1:.4f} on {len(val_labels)} validation images: "
                 f"{result.drop:.1f} points lost, more than --max-drop {max_drop}; calibrate on more or more "
-                "typical images (--calibration DIR, --calibration-size), or raise --max-drop"
+                "typical images (--calibration DIR, --calibration-size), "
+                + (
+                    ""
+                    if accuracy_control
+                    else "let NNCF keep the sensitive layers in fp32 (--backend openvino "
+                    "--out FILE.xml --accuracy-control), "
+                )
+                + "or raise --max-drop"
             )
         accuracy = {"fp32_top1": fp32_top1, "int8_top1": int8_top1, "val_images": len(val_labels)}
-        _add_metadata(int8, {"int8_accuracy": accuracy, "int8_calibration": result.calibration})
-        shutil.move(str(int8), str(out))
+        extra = {"int8_accuracy": accuracy, "int8_calibration": result.calibration}
+        if ir:
+            save_ir(read_ir_model(int8), out, extra)
+        else:
+            _add_metadata(int8, extra)
+            shutil.move(str(int8), str(out))
     return result
+
+
+def _check_int8_target(out: Path, backend: str, accuracy_control: bool) -> bool:
+    """Whether ``out`` is an OpenVINO IR; errors for names and options that do not go together."""
+    if out.suffix not in (".onnx", IR_SUFFIX):
+        raise ValueError(f"{out}: name the int8 file *.xml (OpenVINO IR by NNCF) or *.onnx")
+    ir = is_ir(out)
+    if ir and backend != "openvino":
+        raise ValueError(f"{out}: an OpenVINO IR runs on backend 'openvino', not {backend!r}; or name it *.onnx")
+    if accuracy_control and not ir:
+        raise ValueError(
+            f"{out}: --accuracy-control is NNCF's and writes an OpenVINO IR: --backend openvino --out FILE.xml"
+        )
+    return ir
+
+
+def _nncf_ir(
+    fp32: Path, dst: Path, calibration: Sequence[Tensor], control: tuple[Sequence[Tensor], Tensor, float] | None
+) -> Path:
+    """NNCF int8 of the fp32 ONNX file as an IR at ``dst``, metadata and settings in its rt_info."""
+    settings = choose_int8_settings("openvino", tool="nncf")
+    if control is not None:
+        settings = replace(
+            settings, reason=settings.reason + f"; accuracy control: max drop {100 * control[2]:g} points"
+        )
+    batches = _calibration_batches(calibration)
+    int8 = nncf_quantize(fp32, batches, settings, control)
+    meta = onnx_metadata_values(fp32)
+    meta["int8"] = {**settings.to_dict(), "accuracy_control": control is not None}
+    return save_ir(int8, dst, meta)
 
 
 def _add_metadata(path: Path, extra: dict[str, Any]) -> None:
@@ -125,6 +177,7 @@ def quantize_run(
     max_drop: float = 1.0,
     seed: int = 0,
     overwrite: bool = False,
+    accuracy_control: bool = False,
 ) -> Int8Result:
     """Quantize the checkpoint ``weights``: calibration from its run's training split (or ``calibration_dir``).
 
@@ -159,4 +212,5 @@ def quantize_run(
         max_drop=max_drop,
         calibration_info=info,
         overwrite=overwrite,
+        accuracy_control=accuracy_control,
     )

@@ -5,7 +5,9 @@ convolutions multiply u8 activations by s8 weights with ``vpmaddubsw``, which ad
 saturating 16-bit lane: 255 * 127 * 2 overflows it, and the logits go wrong (measured on the digits demo
 under AVX2: top-1 0.81 where fp32 gives 0.98). Weights quantized to 7 bits (``reduce_range``) keep every
 pair sum inside 16 bits (255 * 64 * 2 = 32640 <= 32767) at a small cost in resolution, so they are used exactly where
-VNNI (32-bit accumulating ``vpdpbusd``; AVX-VNNI; AMX) is missing.
+VNNI (32-bit accumulating ``vpdpbusd``; AVX-VNNI; AMX) is missing. NNCF (``tool="nncf"``, OpenVINO IR)
+does the same with its overflow fix: ``OverflowFix.ENABLE`` (7-bit weights on every layer) without VNNI,
+``DISABLE`` (full 8 bits) with it.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Int8Settings:
     per_channel: bool
     reduce_range: bool  # 7-bit weights (ORT) / NNCF's overflow fix on every layer
     preset: str | None  # NNCF only: "performance" (symmetric activations) or "mixed"
+    overflow_fix: str | None  # NNCF only: nncf.OverflowFix value, "enable" (7-bit weights) or "disable"
     reason: str
     cpu: dict[str, bool]
 
@@ -55,28 +58,35 @@ def choose_int8_settings(
 
     Without VNNI the weights get 7 bits so u8 x s8 pair sums cannot saturate (module docstring); with VNNI
     the full 8 bits. Weights per channel, activations u8 per tensor. ``tool`` defaults to ONNX Runtime's
-    quantizer (QOperator for onnxruntime, QDQ for openvino).
+    quantizer (QOperator for onnxruntime, QDQ for openvino); ``tool="nncf"`` (openvino only) quantizes the
+    OpenVINO model with NNCF: preset ``performance`` (symmetric int8 activations; ShuffleNet's are ReLU
+    outputs or normalised pixels, so asymmetric ones would gain nothing) and the overflow fix where VNNI is missing.
     """
     if backend not in _QUANT_FORMAT:
         raise ValueError(f"int8 runs on backend 'onnxruntime' or 'openvino', not {backend!r}")
     features = dict(cpu_features() if features is None else features)
     vnni = has_vnni(features)
     if tool is None:
-        tool = "onnxruntime.quantization"  # NNCF for openvino: not wired in yet (docs/deploy.md)
+        tool = "onnxruntime.quantization"
     if tool not in ("nncf", "onnxruntime.quantization"):
         raise ValueError(f"tool must be 'nncf' or 'onnxruntime.quantization', got {tool!r}")
+    if tool == "nncf" and backend != "openvino":
+        raise ValueError(f"NNCF makes int8 OpenVINO models; backend must be 'openvino', not {backend!r}")
     reason = (
         f"CPU has VNNI ({describe_cpu(features)}): full-range 8-bit weights"
         if vnni
         else f"CPU lacks VNNI ({describe_cpu(features)}): 7-bit weights so 16-bit u8*s8 pair sums cannot saturate"
     )
+    if tool == "nncf":
+        reason += " (NNCF overflow fix " + ("disabled)" if vnni else "on every layer)")
     return Int8Settings(
         backend=backend,
         tool=tool,
         quant_format="openvino" if tool == "nncf" else _QUANT_FORMAT[backend],
         per_channel=True,
         reduce_range=not vnni,
-        preset="mixed" if tool == "nncf" else None,
+        preset="performance" if tool == "nncf" else None,
+        overflow_fix=("disable" if vnni else "enable") if tool == "nncf" else None,
         reason=reason,
         cpu=features,
     )
@@ -129,7 +139,9 @@ def quantize_onnx(
     dst = Path(dst)
     _check_output_path(dst, overwrite)
     settings = choose_int8_settings("onnxruntime" if quant_format == "qoperator" else "openvino")
-    settings = replace(settings, tool="onnxruntime.quantization", quant_format=quant_format, preset=None)
+    settings = replace(
+        settings, tool="onnxruntime.quantization", quant_format=quant_format, preset=None, overflow_fix=None
+    )
     if reduce_range is not None and reduce_range != settings.reduce_range:
         reason = f"reduce_range={reduce_range} as asked (this CPU: {describe_cpu(settings.cpu)})"
         settings = replace(settings, reduce_range=reduce_range, reason=reason)

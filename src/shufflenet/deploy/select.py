@@ -28,6 +28,7 @@ from shufflenet.deploy.backends import (
 from shufflenet.deploy.cpu import cpu_features, has_vnni
 from shufflenet.deploy.export import export_onnx, read_onnx_metadata
 from shufflenet.deploy.inputs import _in_chans, check_batch, default_example_input
+from shufflenet.deploy.ir import is_ir
 from shufflenet.deploy.quantize import _QUANT_FORMAT, _calibration_batches, quantize_onnx
 from shufflenet.deploy.runtimes.base import CompiledModel, _check_max_batch
 
@@ -41,7 +42,11 @@ def load_onnx(
     calibration_data: Iterable[Tensor] | None = None,
     threads: int | None = None,
 ) -> CompiledModel:
-    """A runner for an exported .onnx file; class names and preprocessing come from its metadata."""
+    """A runner for an exported .onnx file or OpenVINO IR (.xml); class names and preprocessing from its metadata."""
+    if is_ir(path):
+        if backend not in ("auto", "openvino"):
+            raise ValueError(f"{path} is an OpenVINO IR; it runs on backend 'openvino', not {backend!r}")
+        backend = "openvino"
     if backend == "auto":
         backend = "openvino" if precision == "bf16" else "onnxruntime"
         made_for = (read_onnx_metadata(path).get("int8") or {}).get("backend")
@@ -71,6 +76,8 @@ def load_onnx(
                 "saturate and lose accuracy: quantize again here (`shufflenet quantize`)",
                 path,
             )
+    if is_ir(path) and precision == "int8" and not meta.get("int8"):
+        raise ValueError(f"{path} is an fp32 OpenVINO IR; for int8 quantize the checkpoint (`shufflenet quantize`)")
     with tempfile.TemporaryDirectory() as tmp:
         if precision == "int8" and not meta.get("int8"):
             source = quantize_onnx(
@@ -115,7 +122,7 @@ def compile_for_inference(
     torch_compile: bool = False,
     max_batch: int | None = None,
 ) -> CompiledModel:
-    """A callable ``runner(x) -> logits`` for fast CPU inference of ``model`` (or an exported .onnx path).
+    """A callable ``runner(x) -> logits`` for fast CPU inference of ``model`` (or an .onnx / OpenVINO .xml path).
 
     ``example_input`` fixes the image size of the ONNX-based backends (default: the model's
     preprocessing crop size) and is the batch ``backend="auto"`` times candidates on. ``precision="int8"``

@@ -1,33 +1,27 @@
-"""The OpenVINO runtime: an exported ONNX file compiled per input shape, batches spread over streams."""
+"""The OpenVINO runtime: an exported ONNX file or OpenVINO IR compiled per input shape, batches over streams."""
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from shufflenet.deploy.backends import _require
 from shufflenet.deploy.errors import DeployError, _describe, _first_line
 from shufflenet.deploy.export import _onnx_input_shape
+from shufflenet.deploy.ir import is_ir, openvino_core, read_ir_model
 from shufflenet.deploy.runtimes.base import CompiledModel, default_max_batch
 
 
-@functools.cache
-def _core() -> Any:
-    """The process's one ``ov.Core``, shared by every model and never released.
-
-    OpenVINO's CPU plugin, created once per Core, installs its own alternate signal stack (sigaltstack) in
-    the creating thread and frees it when the Core goes; it restores the stack it found only when it is
-    still the current one. Two Cores released in creation order (not last-in first-out, as garbage
-    collection does) therefore leave the thread's alternate stack pointing at unmapped memory, and the
-    next signal handled there (SIGCHLD after a subprocess or DataLoader worker exits, with faulthandler
-    on as under pytest) kills the process with SIGSEGV and no traceback. One Core, as OpenVINO
-    recommends, creates the plugin once. Compile settings are per call, so sharing changes nothing else.
-    """
-    return _require("openvino").Core()
+def _ir_input_shape(model: Any) -> tuple[int, tuple[int, int] | None, int | None]:
+    """Channels, fixed (H, W) and fixed batch of an OpenVINO model's input (None where dynamic)."""
+    dims = model.inputs[0].get_partial_shape()
+    values = [d.get_length() if d.is_static else None for d in dims]
+    if len(values) != 4:
+        raise DeployError(f"the OpenVINO model's input has {len(values)} dimensions, expected 4 (N, C, H, W)")
+    spatial = (values[2], values[3]) if values[2] and values[3] else None
+    return values[1] or 3, spatial, values[0]
 
 
 class OpenVinoModel(CompiledModel):
@@ -45,14 +39,15 @@ class OpenVinoModel(CompiledModel):
     chunks_by_default = False
 
     def __init__(self, onnx_model: str | Path, precision: str = "fp32", threads: int | None = None) -> None:
-        channels, spatial, batch = _onnx_input_shape(onnx_model)
+        model = read_ir_model(onnx_model) if is_ir(onnx_model) else None
+        channels, spatial, batch = _onnx_input_shape(onnx_model) if model is None else _ir_input_shape(model)
         super().__init__(channels, spatial, threads, batch)
         self.precision = precision
-        self.core = _core()
+        self.core = openvino_core()
         if precision == "bf16" and "BF16" not in self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
             raise DeployError("openvino reports no bf16 support on this CPU; use precision='fp32' or 'int8'")
         try:
-            self.model = self.core.read_model(str(onnx_model))
+            self.model = self.core.read_model(str(onnx_model)) if model is None else model
         except Exception as err:  # openvino raises RuntimeError subclasses with long messages
             raise DeployError(f"openvino cannot read {_describe(onnx_model)}: {_first_line(err)}") from None
         self.streams = self.threads
