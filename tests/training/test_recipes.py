@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -103,6 +104,10 @@ def test_fit_to_data_keeps_explicit_options_and_other_recipes() -> None:
     assert (kept.batch_size, kept.epochs) == (16, 3)
     finetune, _ = resolve_recipe(TrainConfig(out="run", recipe="finetune"), {"recipe"})
     assert fit_recipe_to_data(finetune, 245, explicit={"recipe"}) == (finetune, [])
+    # Only batch size and epochs follow the data: every other resolved value stays (here a changed lr).
+    other = dataclasses.replace(cfg, lr=1e-3, weight_decay=None)
+    refit, _ = fit_recipe_to_data(other, 245, explicit={"img_size"})
+    assert (refit.lr, refit.weight_decay, refit.batch_size, refit.epochs) == (1e-3, None, 16, 19)
 
 
 def test_recipe_is_chosen_by_weights_and_explicit_options_win() -> None:

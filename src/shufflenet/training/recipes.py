@@ -50,6 +50,8 @@ RECIPE_KEYS = (
 # at least this many optimizer steps (more epochs); measured on 245 images in docs/training.md.
 SCRATCH_MIN_STEPS = 300
 SCRATCH_MIN_BATCH = 8
+# The only options a recipe fits to the training set (fit_recipe_to_data leaves every other one as resolved).
+DATA_KEYS = ("batch_size", "epochs")
 
 _PLAIN = {"auto_augment": None, "random_erase": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "ema_epochs": 0.0}
 
@@ -188,7 +190,7 @@ def fit_recipe_to_data(
         return cfg, []
     batch = cfg.batch_size if "batch_size" in explicit else None
     values = recipe_values(cfg.recipe, cfg.img_size, train_images, world_size, batch)
-    changed = {k: v for k, v in values.items() if k not in explicit and getattr(cfg, k) != v}
+    changed = {k: values[k] for k in DATA_KEYS if k not in explicit and getattr(cfg, k) != values[k]}
     if not changed:
         return cfg, []
     given = ", ".join(f"{k}={v!r}" for k, v in changed.items())
