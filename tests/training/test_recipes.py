@@ -63,7 +63,8 @@ def test_scratch_defaults_learn_a_small_real_dataset(few_digits: Path, tmp_path:
     assert config["recipe"]["train_images"] == 160
     log_text = (run / "train.log").read_text()
     assert "recipe scratch (auto: no --weights)" in log_text
-    assert "recipe scratch for 160 training images: epochs=30, batch_size=16" in log_text
+    (fit,) = [line for line in log_text.splitlines() if "recipe scratch for 160 training images:" in line]
+    assert "batch_size=16" in fit and "epochs=30" in fit and "at least 300 optimizer steps" in fit
 
 
 def test_old_defaults_stay_near_chance_on_the_same_digits(few_digits: Path, tmp_path: Path) -> None:
