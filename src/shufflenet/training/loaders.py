@@ -26,12 +26,15 @@ from shufflenet.transforms import Preprocessing, batch_normalizer, eval_transfor
 log = logging.getLogger("shufflenet.training")
 
 CACHE_BUDGET = 2 * 1024**3  # bytes of decoded images kept in memory when cache_images is None
+# (options, training images, world size) -> options for that training set, log lines
+FitToData = Callable[[TrainConfig, int, int], tuple[TrainConfig, list[str]]]
 
 
 @dataclass
 class TrainData:
     """Everything the loop reads data from: loaders, the sampler it positions, the batch normaliser."""
 
+    config: TrainConfig  # the options, fitted to the training set
     class_names: list[str]
     preprocessing: Preprocessing
     bundle: Any  # shufflenet.data's datasets bundle: layout, skipped files, the uncached datasets
@@ -44,8 +47,11 @@ class TrainData:
     loader_options: dict[str, Any]
 
 
-def build_data(cfg: TrainConfig, dist: Distributed, run_dir: Path, split_existed: bool) -> TrainData:
-    """train/ + val/ folders, or one class tree split (seeded, stratified) and saved to split.json."""
+def build_data(
+    cfg: TrainConfig, dist: Distributed, run_dir: Path, split_existed: bool, fit: FitToData | None = None
+) -> TrainData:
+    """train/ + val/ folders, or one class tree split (seeded, stratified) and saved to split.json; ``fit``
+    adapts the options to the training-set size (the recipe's batch size and epochs; ``TrainData.config``)."""
     preprocessing = Preprocessing.for_size(cfg.eval_size or cfg.img_size, crop_pct=cfg.eval_crop)
     # Rank 0 writes split.json; the others compute the same seeded split, or read the file if it already was.
     use_split_file = dist.is_main or (split_existed and detect_layout(cfg.data) == "split")
@@ -57,6 +63,10 @@ def build_data(cfg: TrainConfig, dist: Distributed, run_dir: Path, split_existed
         split_file=run_dir / SPLIT_FILE if use_split_file else None,
         draft=True,
     )
+    if fit is not None:
+        cfg, notes = fit(cfg, len(bundle.train), dist.world_size)
+        for message in notes:
+            log.info(message)
     bundle.train.transform = train_transform(
         preprocessing, cfg.crop_scale, cfg.hflip, cfg.img_size, cfg.auto_augment, cfg.random_erase
     )
@@ -95,6 +105,7 @@ def build_data(cfg: TrainConfig, dist: Distributed, run_dir: Path, split_existed
     val_shard = Subset(val_data, list(range(dist.rank, len(val_data), dist.world_size)))
     val_loader = DataLoader(val_shard, batch_size=cfg.batch_size, **options)
     return TrainData(
+        config=cfg,
         class_names=bundle.class_names,
         preprocessing=preprocessing,
         bundle=bundle,

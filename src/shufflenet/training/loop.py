@@ -27,9 +27,9 @@ from shufflenet.training.augment import batch_mixer, hard_labels
 from shufflenet.training.config import TrainConfig
 from shufflenet.training.distributed import Distributed
 from shufflenet.training.ema import build_ema, ema_state, restore_ema
-from shufflenet.training.loaders import TrainData, build_data
+from shufflenet.training.loaders import FitToData, TrainData, build_data
 from shufflenet.training.optim import build_optimizer, build_scheduler
-from shufflenet.training.recipes import resolve_recipe
+from shufflenet.training.recipes import fit_recipe_to_data, resolve_recipe
 from shufflenet.training.signals import StopRequest
 from shufflenet.training.state import (
     ResumePoint,
@@ -88,12 +88,13 @@ def train(config: TrainConfig | None = None, /, **options: Any) -> TrainResult:
 def _train(cfg: TrainConfig, explicit: set[str], dist: Distributed, stop: StopRequest) -> TrainResult:
     # The run folder is checked by every rank before rank 0 writes into it.
     run_dir = Path(cfg.out)
-    resume_from, ignored, notes = None, [], []
+    resume_from, ignored, notes, fit = None, [], [], None
     if cfg.resume:
         resume_from = read_last_checkpoint(run_dir)
         cfg, ignored = resumed_config(resume_from, cfg, explicit)  # keeps the run's recipe and its values
     else:
         cfg, notes = resolve_recipe(cfg, explicit)
+        fit = partial(fit_recipe_to_data, explicit=explicit)  # batch size and epochs for the training-set size
         run_folder.check_new_run_dir(run_dir, cfg.overwrite)
     if cfg.data is None:
         raise ValueError("no data directory given: pass --data DIR")
@@ -110,7 +111,7 @@ def _train(cfg: TrainConfig, explicit: set[str], dist: Distributed, stop: StopRe
                 log.info(message)
             for message in ignored:
                 log.warning(message)
-            return _train_in_run_dir(cfg, run_dir, resume_from, split_existed, dist, stop)
+            return _train_in_run_dir(cfg, run_dir, resume_from, split_existed, dist, stop, fit)
     finally:
         torch.set_num_threads(threads)
 
@@ -122,6 +123,7 @@ def _train_in_run_dir(
     split_existed: bool,
     dist: Distributed,
     stop: StopRequest,
+    fit: FitToData | None = None,
 ) -> TrainResult:
     device = dist.device
     amp_dtype = resolve_amp(cfg.amp, device)
@@ -131,7 +133,8 @@ def _train_in_run_dir(
     seed_everything(cfg.seed + dist.rank)
 
     # ---- data
-    data = build_data(cfg, dist, run_dir, split_existed)
+    data = build_data(cfg, dist, run_dir, split_existed, fit)
+    cfg = data.config
     class_names, normalize, steps_per_epoch = data.class_names, data.normalize, len(data.train_loader)
 
     # ---- model, optimizer, schedule

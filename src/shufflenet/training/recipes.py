@@ -1,20 +1,30 @@
 """Training recipes: named sets of :class:`TrainConfig` values, chosen with ``--recipe NAME``.
 
 ``finetune`` is the seed's (Adam 1e-4, batch 32, 5 epochs), right for ImageNet weights; ``scratch`` trains
-from random initialisation on a few thousand images in minutes on a CPU (found by measuring:
-docs/training.md); ``megvii`` and ``torchvision`` are the ImageNet recipes of the ShuffleNet V2 paper's code
-and of torchvision's classification reference, for GPUs. Without ``--recipe``: ``finetune`` when
-``--weights`` is given, ``scratch`` otherwise. Every option given explicitly wins over its recipe value.
+from random initialisation on a few hundred to a few thousand images in minutes on a CPU (found by measuring:
+docs/training.md), with its batch size and epochs fitted to the training-set size (:func:`fit_recipe_to_data`);
+``megvii`` and ``torchvision`` are the ImageNet recipes of the ShuffleNet V2 paper's code and of torchvision's
+classification reference, for GPUs. Without ``--recipe``: ``finetune`` when ``--weights`` is given,
+``scratch`` otherwise. Every option given explicitly wins over its recipe value.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Set
 from typing import Any
 
 from shufflenet.training.config import TrainConfig
 
-__all__ = ["RECIPES", "RECIPE_KEYS", "recipe_record", "recipe_values", "resolve_recipe"]
+__all__ = [
+    "RECIPES",
+    "RECIPE_KEYS",
+    "SCRATCH_MIN_STEPS",
+    "fit_recipe_to_data",
+    "recipe_record",
+    "recipe_values",
+    "resolve_recipe",
+]
 
 # The options every recipe sets (so that switching recipes leaves nothing of another behind).
 RECIPE_KEYS = (
@@ -35,6 +45,13 @@ RECIPE_KEYS = (
     "cutmix_alpha",
     "ema_epochs",
 )
+
+# scratch on a small training set: a batch of at most 1/8 of it (at least 8 steps per epoch, batch >= 8) and
+# at least this many optimizer steps (more epochs); measured on 245 images in docs/training.md.
+SCRATCH_MIN_STEPS = 300
+SCRATCH_MIN_BATCH = 8
+# The only options a recipe fits to the training set (fit_recipe_to_data leaves every other one as resolved).
+DATA_KEYS = ("batch_size", "epochs")
 
 _PLAIN = {"auto_augment": None, "random_erase": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "ema_epochs": 0.0}
 
@@ -113,13 +130,18 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-def recipe_values(name: str, img_size: int) -> dict[str, Any]:
-    """The options recipe ``name`` sets, for training crops of ``img_size`` pixels."""
+def recipe_values(
+    name: str, img_size: int, train_images: int | None = None, world_size: int = 1, batch_size: int | None = None
+) -> dict[str, Any]:
+    """The options recipe ``name`` sets, for ``img_size``-pixel crops and (when known) ``train_images`` training
+    images split over ``world_size`` processes, trained at ``batch_size`` (default: the recipe's)."""
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
     values = dict(RECIPES[name])
     if name == "scratch":
         values.update(_scratch_for_size(img_size))
+        if train_images:
+            values.update(_scratch_for_data(train_images, world_size, batch_size))
     return values
 
 
@@ -127,6 +149,18 @@ def _scratch_for_size(img_size: int) -> dict[str, Any]:
     """Random-crop strength for the image size (measured, docs/training.md): a 32-px image is mostly object,
     and a crop of 8% of it leaves a few pixels of stroke."""
     return {"crop_scale": 0.35 if img_size <= 64 else 0.25}
+
+
+def _scratch_for_data(train_images: int, world_size: int, batch_size: int | None) -> dict[str, Any]:
+    """Batch size and epochs for a small training set: at least 8 steps per epoch and SCRATCH_MIN_STEPS in all
+    (245 images at batch 64 are 4 steps per epoch, 60 in 15 epochs: too few to leave the majority class)."""
+    per_rank = -(-train_images // world_size)
+    batch = RECIPES["scratch"]["batch_size"]
+    while batch > SCRATCH_MIN_BATCH and batch * 8 > per_rank:
+        batch //= 2
+    used = batch_size or batch
+    steps = max(per_rank // used + (per_rank % used > 1), 1)  # the loader drops a last batch of one image
+    return {"batch_size": batch, "epochs": max(RECIPES["scratch"]["epochs"], -(-SCRATCH_MIN_STEPS // steps))}
 
 
 def resolve_recipe(cfg: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, list[str]]:
@@ -152,10 +186,29 @@ def resolve_recipe(cfg: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, l
     return resolved, notes
 
 
-def recipe_record(cfg: TrainConfig) -> dict[str, Any] | None:
-    """config.json's ``recipe`` entry: the name, every value the recipe sets, and those the run overrode."""
+def fit_recipe_to_data(
+    cfg: TrainConfig, train_images: int, world_size: int = 1, explicit: Set[str] = frozenset()
+) -> tuple[TrainConfig, list[str]]:
+    """``cfg`` with its recipe's values for ``train_images`` training images (scratch: batch size, epochs)."""
+    if cfg.recipe is None:
+        return cfg, []
+    batch = cfg.batch_size if "batch_size" in explicit else None
+    values = recipe_values(cfg.recipe, cfg.img_size, train_images, world_size, batch)
+    changed = {k: values[k] for k in DATA_KEYS if k not in explicit and getattr(cfg, k) != values[k]}
+    if not changed:
+        return cfg, []
+    given = ", ".join(f"{k}={v!r}" for k, v in changed.items())
+    why = f"a batch of at most 1/8 of the images and at least {SCRATCH_MIN_STEPS} optimizer steps"
+    return dataclasses.replace(cfg, **changed), [
+        f"recipe {cfg.recipe} for {train_images} training images: {given} ({why})"
+    ]
+
+
+def recipe_record(cfg: TrainConfig, train_images: int | None = None, world_size: int = 1) -> dict[str, Any] | None:
+    """config.json's ``recipe`` entry: the name, every value the recipe sets (for ``train_images`` training
+    images), and those the run overrode."""
     if cfg.recipe is None:
         return None
-    values = recipe_values(cfg.recipe, cfg.img_size)
+    values = recipe_values(cfg.recipe, cfg.img_size, train_images, world_size, cfg.batch_size)
     overridden = {k: getattr(cfg, k) for k, v in values.items() if getattr(cfg, k) != v}
-    return {"name": cfg.recipe, "values": values, "overridden": overridden}
+    return {"name": cfg.recipe, "values": values, "overridden": overridden, "train_images": train_images}
