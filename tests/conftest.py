@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+# Small, fast training options (x0_5 at 32 px).
+TINY = {"model": "shufflenet_v2_x0_5", "img_size": 32, "batch_size": 8, "lr": 1e-3, "workers": 0}
+COLORS = {"cat": (200, 40, 40), "dog": (40, 40, 200)}
 HYMENOPTERA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera_data"
 
 
@@ -26,6 +32,37 @@ def hymenoptera() -> Path:
     if not HYMENOPTERA.is_dir():
         pytest.skip(f"{HYMENOPTERA} is not present")
     return HYMENOPTERA
+
+
+def write_images(root: Path, per_class: int, seed: int = 0) -> None:
+    """JPEGs whose colour tells the class (learnable), with noise (not trivially so)."""
+    rng = np.random.default_rng(seed)
+    for name, color in COLORS.items():
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = (rng.random((36, 40, 3)) * 80 + np.array(color) - 40).clip(0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)
+
+
+@pytest.fixture
+def image_tree(tmp_path: Path) -> Path:
+    """train/ + val/ class folders (the seed's layout), with a few files that are not usable images."""
+    root = tmp_path / "data"
+    write_images(root / "train", 12)
+    write_images(root / "val", 4, seed=1)
+    (root / "train" / "cat" / "empty.jpg").write_bytes(b"")
+    (root / "train" / "dog" / "notes.png").write_text("not a picture")
+    (root / "train" / "dog" / "readme.txt").write_text("ignored")
+    Image.new("L", (40, 36), 90).save(root / "train" / "cat" / "gray.png")
+    Image.new("RGBA", (40, 36), (200, 40, 40, 128)).save(root / "train" / "cat" / "alpha.png")
+    return root
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file (metrics.csv)."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def rerun_in_fresh_interpreter(request: pytest.FixtureRequest) -> bool:
@@ -47,11 +84,12 @@ def rerun_in_fresh_interpreter(request: pytest.FixtureRequest) -> bool:
 def signal_during_training(monkeypatch: pytest.MonkeyPatch, at_image: int, signum: int) -> Callable:
     """Make the training transform send ``signum`` to this process at its ``at_image``-th image (mid-epoch).
 
-    Returns the real ``engine.train_transform`` so the test can put it back before resuming.
+    Returns the real ``train_transform`` so the test can put it back (in ``shufflenet.training.loaders``)
+    before resuming.
     """
-    from shufflenet import engine
+    from shufflenet.training import loaders
 
-    real = engine.train_transform
+    real = loaders.train_transform
     calls = {"n": 0}
 
     def interrupting(*args: object, **kwargs: object) -> Callable:
@@ -65,5 +103,5 @@ def signal_during_training(monkeypatch: pytest.MonkeyPatch, at_image: int, signu
 
         return apply
 
-    monkeypatch.setattr(engine, "train_transform", interrupting)
+    monkeypatch.setattr(loaders, "train_transform", interrupting)
     return real

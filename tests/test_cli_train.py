@@ -170,7 +170,7 @@ def test_ctrl_c_exits_130_and_resume_finishes(
         return
     import signal
 
-    from shufflenet import engine
+    from shufflenet.training import loaders
 
     data, _ = trained
     real = signal_during_training(monkeypatch, 10, signal.SIGINT)  # the user presses Ctrl-C in the second batch
@@ -179,7 +179,7 @@ def test_ctrl_c_exits_130_and_resume_finishes(
     line = error_line(capsys)
     assert "stopped by a signal at epoch 1, step 1/3" in line and "--resume" in line
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
-    monkeypatch.setattr(engine, "train_transform", real)
+    monkeypatch.setattr(loaders, "train_transform", real)
     assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 0
     with open(run / "metrics.csv", newline="") as f:
         assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2"]

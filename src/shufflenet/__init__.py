@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from shufflenet.engine import train
 from shufflenet.models import create_model, list_models, model_info
+from shufflenet.training import train
 from shufflenet.weights import load_model
 
 __version__ = "0.1.0"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from torch import Tensor
 from torchvision.transforms import v2 as T
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -90,6 +92,65 @@ class Preprocessing:
                 self.normalize(),
             ]
         )
+
+
+# Training and validation transforms on uint8 images, normalised a whole batch at a time.
+
+
+def train_transform(preprocessing: Preprocessing, crop_scale: float = 0.08, hflip: bool = True) -> T.Transform:
+    """Training augmentation to a uint8 tensor: RandomResizedCrop(scale=(crop_scale, 1)), optional flip.
+
+    Images stay uint8 until :func:`batch_normalizer` turns whole batches into the model's input: converting
+    and normalising image by image costs more than decoding a photo (docs/training.md).
+    """
+    steps: list[T.Transform] = [
+        T.ToImage(),
+        T.RandomResizedCrop(
+            preprocessing.crop_size,
+            scale=(crop_scale, 1.0),
+            interpolation=T.InterpolationMode(preprocessing.interpolation),
+            antialias=True,
+        ),
+    ]
+    if hflip:
+        steps.append(T.RandomHorizontalFlip())
+    return T.Compose(steps)
+
+
+def eval_transform(preprocessing: Preprocessing) -> T.Transform:
+    """Validation resize + centre crop to a uint8 tensor (normalised per batch by :func:`batch_normalizer`)."""
+    return T.Compose(
+        [
+            T.ToImage(),
+            T.Resize(
+                preprocessing.resize_size,
+                interpolation=T.InterpolationMode(preprocessing.interpolation),
+                antialias=True,
+            ),
+            T.CenterCrop(preprocessing.crop_size),
+        ]
+    )
+
+
+def batch_normalizer(preprocessing: Preprocessing) -> Callable[[Tensor], Tensor]:
+    """uint8 NCHW batch -> the model's float input, as ``preprocessing.normalize()`` does for one image.
+
+    One multiply-add per element on the whole batch; the memory format of the batch is kept.
+    """
+    std = torch.tensor(preprocessing.std, dtype=torch.float32).view(1, 3, 1, 1)
+    mean = torch.tensor(preprocessing.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    scale, shift = preprocessing.pixel_scale / (255.0 * std), -mean / std
+    flip = preprocessing.channel_order == "BGR"
+
+    def normalize(images: Tensor) -> Tensor:
+        if images.is_floating_point():
+            raise TypeError("batch_normalizer expects uint8 images (0-255), got floats")
+        if flip:
+            images = images.flip(1)
+        a, b = scale.to(images.device), shift.to(images.device)
+        return torch.addcmul(b, images.float(), a)
+
+    return normalize
 
 
 def _interpolation(name: str) -> T.InterpolationMode:

@@ -45,8 +45,9 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo and print what it reached and where the files are."""
     from shufflenet.cli.common import setup_logging
     from shufflenet.data import load_image, make_digits_dataset
-    from shufflenet.engine import evaluate, load_eval_dataset, predict, train
+    from shufflenet.evaluation import evaluate, load_eval_dataset, predict
     from shufflenet.plots import plot_predictions
+    from shufflenet.training import train
     from shufflenet.weights import load_model
 
     setup_logging(args.quiet)

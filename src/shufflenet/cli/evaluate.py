@@ -74,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from shufflenet.cli.common import setup_logging
-    from shufflenet.engine import evaluate, load_eval_dataset, resolve_device, write_confusion
+    from shufflenet.devices import resolve_device
+    from shufflenet.evaluation import evaluate, load_eval_dataset, write_confusion
     from shufflenet.weights import load_model
 
     setup_logging(args.quiet)

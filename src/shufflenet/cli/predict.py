@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     """Predict and print one line per image."""
     from shufflenet.cli.common import setup_logging
     from shufflenet.data import list_image_paths, load_image
-    from shufflenet.engine import predict, resolve_device
+    from shufflenet.devices import resolve_device
+    from shufflenet.evaluation import predict
     from shufflenet.weights import load_model
 
     setup_logging()

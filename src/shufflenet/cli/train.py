@@ -7,7 +7,7 @@ import os
 import sys
 
 from shufflenet.cli.common import setup_logging
-from shufflenet.engine import AMP_MODES, OPTIMIZERS, SCHEDULES, TrainConfig
+from shufflenet.training import AMP_MODES, OPTIMIZERS, SCHEDULES, TrainConfig
 
 DEFAULTS = TrainConfig()
 
@@ -80,7 +80,7 @@ def options_from_args(args: argparse.Namespace) -> dict[str, object]:
 
 def run(args: argparse.Namespace) -> int:
     """Train, then print where the results are."""
-    from shufflenet.engine import train
+    from shufflenet.training import train
 
     setup_logging(args.quiet)
     result = train(**options_from_args(args))

@@ -1,0 +1,1 @@
+"""One module per inference runtime; :data:`shufflenet.deploy.backends.RUNTIMES` names them all."""

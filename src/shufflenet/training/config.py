@@ -1,0 +1,92 @@
+"""Training options: :class:`TrainConfig` (the CLI's flags as plain values) and the choices they allow."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from shufflenet.devices import AMP_MODES, DEVICES
+
+__all__ = [
+    "AMP_MODES",
+    "DEFAULT_WEIGHT_DECAY",
+    "DEVICES",
+    "OPTIMIZERS",
+    "RUNTIME_OPTIONS",
+    "SCHEDULES",
+    "TrainConfig",
+]
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine")
+# Weight decay when none is given: the seed's Adam has none; SGD uses the ShuffleNet papers' 4e-5.
+DEFAULT_WEIGHT_DECAY = {"adam": 0.0, "adamw": 0.05, "sgd": 4e-5}
+# Options that may change when a run is resumed; the others define the run and are kept from last.pt.
+RUNTIME_OPTIONS = ("data", "out", "epochs", "device", "amp", "channels_last", "workers", "threads", "progress")
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a training run (the CLI's flags); the defaults are the seed experiment's."""
+
+    data: str | None = None  # train/ + val/ class folders, or one class tree split by val_split
+    out: str | None = None  # run folder
+    model: str = "shufflenet_v2_x1_0"
+    weights: str | None = None  # pretrained .pth/.safetensors; the classifier is re-initialised if needed
+    freeze_backbone: bool = False  # train the classifier only (linear evaluation)
+    epochs: int = 5
+    batch_size: int = 32  # per process under torchrun
+    lr: float = 1e-4
+    optimizer: str = "adam"
+    weight_decay: float | None = None  # None: DEFAULT_WEIGHT_DECAY[optimizer]; never applied to BN or biases
+    momentum: float = 0.9  # SGD only
+    schedule: str = "constant"  # or "cosine" (per step, after warm-up)
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    img_size: int = 224
+    crop_scale: float = 0.08  # smallest area fraction of RandomResizedCrop
+    hflip: bool = True
+    val_split: float = 0.2
+    seed: int = 0
+    device: str = "auto"  # auto: cuda, then mps, then cpu
+    amp: str = "auto"  # auto: bf16 (fp16 without bf16 support) on CUDA GPUs, float32 elsewhere
+    channels_last: bool | None = None  # None: on for CPU and CUDA (much faster depthwise convs there)
+    workers: int | None = None  # None: picked for the device
+    threads: int | None = None  # PyTorch CPU threads (None: its default, one per core); 1 on a busy machine
+    cache_images: bool | None = None  # keep decoded, resized images in memory (None: when they fit in 2 GiB)
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = False  # tqdm bars on stderr (the CLI turns them on unless --quiet)
+
+    def validate(self) -> TrainConfig:
+        """Check option values; raises ValueError naming the option and what is allowed."""
+        choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "amp": AMP_MODES, "device": DEVICES}
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if value not in allowed and not (name == "device" and str(value).split(":")[0] in DEVICES):
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "img_size": self.img_size, "lr": self.lr}
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value!r}")
+        if self.img_size < 16:
+            raise ValueError(f"img_size must be >= 16 pixels, got {self.img_size}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0.0 < self.crop_scale <= 1.0:
+            raise ValueError(f"crop_scale must be in (0, 1], got {self.crop_scale}")
+        if self.warmup_epochs < 0 or (self.weight_decay is not None and self.weight_decay < 0):
+            raise ValueError("warmup_epochs and weight_decay must be >= 0")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if not self.out:
+            raise ValueError("no run folder given: pass --out RUN (e.g. runs/exp1)")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume and --overwrite contradict each other; pass one of them")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (config.json and checkpoints)."""
+        return asdict(self)

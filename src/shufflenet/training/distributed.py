@@ -1,0 +1,67 @@
+"""This process's place among torchrun's processes, and the few collective operations the loop needs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as torch_dist
+from torch import Tensor, nn
+
+from shufflenet.devices import resolve_device
+
+
+@dataclass
+class Distributed:
+    """This process's place among torchrun's processes (a single process when not under torchrun)."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    backend: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that writes the run folder and logs."""
+        return self.rank == 0
+
+    @classmethod
+    def from_environment(cls, device_name: str) -> Distributed:
+        """Join torchrun's process group when its environment variables say there is one."""
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        device = resolve_device(device_name, local_rank)
+        if world_size == 1:
+            return cls(device=device)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        if not torch_dist.is_initialized():
+            torch_dist.init_process_group(backend)
+        return cls(device=device, rank=torch_dist.get_rank(), world_size=world_size, backend=backend)
+
+    def sum(self, tensor: Tensor) -> Tensor:
+        """``tensor`` summed over all processes (returned on the CPU)."""
+        if self.world_size == 1:
+            return tensor.detach().cpu()
+        # nccl reduces GPU tensors, gloo CPU ones.
+        work = tensor.detach().to(self.device if self.backend == "nccl" else "cpu").clone()
+        torch_dist.all_reduce(work)
+        return work.cpu()
+
+    def broadcast_buffers(self, model: nn.Module) -> None:
+        """Copy rank 0's buffers (BatchNorm running statistics) to every process."""
+        if self.world_size > 1:
+            for buffer in model.buffers():
+                torch_dist.broadcast(buffer, src=0)
+
+    def barrier(self) -> None:
+        """Wait for every process."""
+        if self.world_size > 1:
+            torch_dist.barrier()
+
+    def close(self) -> None:
+        """Leave the process group."""
+        if self.world_size > 1 and torch_dist.is_initialized():
+            torch_dist.destroy_process_group()

@@ -1,0 +1,36 @@
+"""BatchNorm folding: exact, and the model itself untouched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from deploy.helpers import reference, synthetic_batch, trained
+from shufflenet import deploy
+
+ort = pytest.importorskip("onnxruntime")
+
+
+@pytest.mark.parametrize("name", ["shufflenet_v2_x0_5", "shufflenet_v1_g3_x0_25"])
+def test_fold_batchnorm_is_exact_and_leaves_the_model_alone(name: str) -> None:
+    model = trained(name)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = deploy.fold_batchnorm(model)
+    x = synthetic_batch(8, torch.Generator().manual_seed(3))[0]
+    expected = reference(model, x)
+    # float32 sums in another order: exact up to rounding, ~1e-5 relative to the logit scale.
+    assert (reference(folded, x) - expected).abs().max().item() <= 1e-5 * max(1.0, expected.abs().max().item())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_fold_conv_bn_matches_formula_with_conv_bias() -> None:
+    conv, bn = nn.Conv2d(4, 6, 3, padding=1, bias=True), nn.BatchNorm2d(6)
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    bn.eval()
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(deploy.fold_conv_bn(conv, bn)(x), bn(conv(x)), atol=1e-5)
