@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from shufflenet import deploy
+from shufflenet.deploy.select import build_from_export
 
 Progress = Callable[[str], None]
 
@@ -47,7 +48,7 @@ def cpu_model_name() -> str:
 def machine_info(threads: int | None = None) -> dict[str, Any]:
     """Where a benchmark ran: CPU, cores, threads used, load average, bf16 support and library versions."""
     versions = {"torch": torch.__version__}
-    for module in ("onnxruntime", "openvino", "torchvision"):
+    for module in ("onnxruntime", "openvino", "ncnn", "ai_edge_litert", "torchvision"):
         try:
             versions[module] = __import__(module).__version__
         except ImportError:
@@ -378,6 +379,11 @@ def build_candidates(
                             runners["torch fp32 compiled"] = deploy.TorchModel(
                                 model, precision, threads=threads, torch_compile=True
                             )
+                        continue
+                    if deploy.RUNTIMES[backend].source != "onnx":
+                        runners[label] = build_from_export(
+                            backend, model, precision, example, calibration, threads, Path(tmp)
+                        )
                         continue
                     if not exported:
                         deploy.export_onnx(model, onnx_path, example_input=example, dynamic_batch=True)

@@ -91,11 +91,11 @@ def run(args: argparse.Namespace) -> int:
 def _run_mobile(args: argparse.Namespace, model: torch.nn.Module) -> int:
     options: dict[str, Any] = {"img_size": args.img_size, "overwrite": args.overwrite}
     if args.format == "ncnn":
-        from shufflenet.mobile.ncnn import export_ncnn
+        from shufflenet.deploy.formats.ncnn import export_ncnn
 
         result = export_ncnn(model, args.out, verify_export=not args.no_verify, **options)
     elif args.format == "tflite":
-        from shufflenet.mobile.litert import export_tflite
+        from shufflenet.deploy.formats.litert import export_tflite
 
         calibration = _calibration_batches(args.calibration, model) if args.precision == "int8" else None
         result = export_tflite(
@@ -107,7 +107,7 @@ def _run_mobile(args: argparse.Namespace, model: torch.nn.Module) -> int:
             **options,
         )
     else:
-        from shufflenet.mobile.coreml import export_coreml
+        from shufflenet.deploy.formats.coreml import export_coreml
 
         result = export_coreml(model, args.out, **options)
     size = sum(f.stat().st_size for f in result.path.rglob("*") if f.is_file()) if result.path.is_dir() else 0

@@ -13,7 +13,7 @@ from torch import nn
 
 from shufflenet import create_model
 from shufflenet.cli import main
-from shufflenet.mobile.common import module_available
+from shufflenet.deploy.formats.common import module_available
 from shufflenet.transforms import Preprocessing
 from shufflenet.weights import make_checkpoint, save_checkpoint
 
@@ -74,7 +74,7 @@ def torch_input(image: np.ndarray, prep: Preprocessing) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def ncnn_export(family, tmp_path_factory: pytest.TempPathFactory):
-    from shufflenet.mobile.ncnn import export_ncnn
+    from shufflenet.deploy.formats.ncnn import export_ncnn
 
     arch, model, prep = family
     out = tmp_path_factory.mktemp("ncnn") / arch
@@ -83,7 +83,7 @@ def ncnn_export(family, tmp_path_factory: pytest.TempPathFactory):
 
 @needs_ncnn
 def test_ncnn_export_is_verified_and_matches_pytorch(ncnn_export) -> None:
-    from shufflenet.mobile.ncnn import load_ncnn
+    from shufflenet.deploy.runtimes.ncnn import load_ncnn
 
     model, _, result = ncnn_export
     assert {p.name for p in result.path.iterdir()} == {"model.ncnn.param", "model.ncnn.bin", "model.ncnn.json"}
@@ -107,7 +107,7 @@ def test_ncnn_json_preprocessing_in_ncnns_own_convention(ncnn_export) -> None:
     """ncnn's from_pixels + substract_mean_normalize with the JSON's values gives what PyTorch gets."""
     import ncnn
 
-    from shufflenet.mobile.ncnn import read_ncnn_metadata
+    from shufflenet.deploy.runtimes.ncnn import read_ncnn_metadata
 
     model, prep, result = ncnn_export
     meta = read_ncnn_metadata(result.path)
@@ -132,7 +132,8 @@ def test_ncnn_json_preprocessing_in_ncnns_own_convention(ncnn_export) -> None:
 @needs_ncnn
 def test_ncnn_refuses_int8_overwrite_and_broken_folders(ncnn_export, tmp_path: Path) -> None:
     from shufflenet.deploy import DeployError
-    from shufflenet.mobile.ncnn import export_ncnn, load_ncnn
+    from shufflenet.deploy.formats.ncnn import export_ncnn
+    from shufflenet.deploy.runtimes.ncnn import load_ncnn
 
     model, _, result = ncnn_export
     with pytest.raises(ValueError, match="ncnn2int8"):
@@ -154,7 +155,7 @@ def test_ncnn_refuses_int8_overwrite_and_broken_folders(ncnn_export, tmp_path: P
 
 @pytest.fixture(scope="module")
 def tflite_export(family, tmp_path_factory: pytest.TempPathFactory):
-    from shufflenet.mobile.litert import export_tflite
+    from shufflenet.deploy.formats.litert import export_tflite
 
     arch, model, prep = family
     out = tmp_path_factory.mktemp("tflite") / f"{arch}.tflite"
@@ -163,7 +164,7 @@ def tflite_export(family, tmp_path_factory: pytest.TempPathFactory):
 
 @needs_litert
 def test_tflite_export_runs_in_litert_and_matches_pytorch(tflite_export) -> None:
-    from shufflenet.mobile.litert import load_tflite
+    from shufflenet.deploy.runtimes.litert import load_tflite
 
     model, _, result = tflite_export
     assert result.runtime == "litert"
@@ -176,7 +177,7 @@ def test_tflite_export_runs_in_litert_and_matches_pytorch(tflite_export) -> None
 
 @needs_litert
 def test_tflite_metadata_reads_back_and_describes_raw_pixels(tflite_export) -> None:
-    from shufflenet.mobile.litert import load_tflite, read_tflite_metadata
+    from shufflenet.deploy.runtimes.litert import load_tflite, read_tflite_metadata
 
     model, prep, result = tflite_export
     meta = read_tflite_metadata(result.path)
@@ -191,7 +192,8 @@ def test_tflite_metadata_reads_back_and_describes_raw_pixels(tflite_export) -> N
 
 @needs_litert
 def test_tflite_int8_is_an_int8_file(tflite_export, tmp_path: Path) -> None:
-    from shufflenet.mobile.litert import export_tflite, load_tflite
+    from shufflenet.deploy.formats.litert import export_tflite
+    from shufflenet.deploy.runtimes.litert import load_tflite
 
     model, _, fp32 = tflite_export
     calibration = [torch.randn(8, 3, IMG, IMG, generator=torch.Generator().manual_seed(3))]
@@ -211,7 +213,7 @@ def test_tflite_int8_is_an_int8_file(tflite_export, tmp_path: Path) -> None:
 
 @needs_coreml
 def test_coreml_package_takes_raw_pixels_and_names_the_classes(family, tmp_path: Path) -> None:
-    from shufflenet.mobile.coreml import export_coreml, read_coreml_metadata
+    from shufflenet.deploy.formats.coreml import export_coreml, read_coreml_metadata
 
     arch, model, prep = family
     result = export_coreml(
@@ -258,3 +260,31 @@ def test_cli_export_coreml_says_it_was_not_run(checkpoint: Path, tmp_path: Path,
     out = tmp_path / "m.mlpackage"
     assert main(["export", "--weights", str(checkpoint), "--format", "coreml", "--out", str(out)]) == 0
     assert "not verified in a runtime here" in capsys.readouterr().out and out.is_dir()
+
+
+# ---------------------------------------------------------------------------------------------- as backends
+
+
+@needs_ncnn
+def test_ncnn_is_a_backend_of_compile_for_inference_and_auto(family) -> None:
+    from shufflenet import deploy
+
+    _, model, _ = family
+    x = torch.randn(3, 3, IMG, IMG, generator=torch.Generator().manual_seed(5))
+    runner = deploy.compile_for_inference(model, "ncnn", example_input=x, threads=1)
+    assert runner.name == "ncnn/fp32"
+    assert (runner(x) - expected(model, x)).abs().max() <= 1e-4
+    assert "ncnn" in deploy.candidate_backends("fp32") and "ncnn" not in deploy.candidate_backends("int8")
+    with pytest.raises(ValueError, match="ncnn"):
+        deploy.compile_for_inference(model, "ncnn", "int8", example_input=x, calibration_data=[x])
+
+
+@needs_litert
+def test_litert_is_a_backend_but_not_raced_by_auto(family) -> None:
+    from shufflenet import deploy
+
+    _, model, _ = family
+    x = torch.randn(2, 3, IMG, IMG, generator=torch.Generator().manual_seed(5))
+    runner = deploy.compile_for_inference(model, "litert", example_input=x, threads=1)
+    assert runner.name == "litert/fp32" and (runner(x) - expected(model, x)).abs().max() <= 1e-4
+    assert "litert" not in deploy.candidate_backends("fp32")

@@ -20,8 +20,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from shufflenet.deploy import DeployError, fold_batchnorm, model_metadata
-from shufflenet.mobile.common import ExportResult, check_output, crop_size, require
+from shufflenet.deploy.errors import DeployError
+from shufflenet.deploy.export import model_metadata
+from shufflenet.deploy.folding import fold_batchnorm
+from shufflenet.deploy.formats.common import ExportResult, check_output, crop_size, require
 from shufflenet.transforms import Preprocessing
 
 INPUT_NAME = "image"

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from shufflenet.deploy import agreement, default_example_input
+from shufflenet.deploy.inputs import agreement, default_example_input
 
 # pip extra and module of each mobile tool.
 EXTRAS = {
