@@ -27,7 +27,7 @@ BACKENDS = ["torch", "onnxruntime", "openvino", "ncnn", "litert"]
 
 
 def speed(args: argparse.Namespace) -> None:
-    for name in ("shufflenet_v2_x1_0", "shufflenet_v1_g3_x1_0"):
+    for name in args.models.split(","):
         torch.manual_seed(0)
         model = create_model(name).eval()
         result = bench.benchmark(
@@ -98,6 +98,7 @@ def int8(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", default="speed,int8")
+    parser.add_argument("--models", default="shufflenet_v2_x1_0,shufflenet_v1_g3_x1_0")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--time", type=float, default=2.0)
     parser.add_argument("--weights", default="runs/demo/best.pt")

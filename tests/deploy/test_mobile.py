@@ -36,27 +36,42 @@ needs_litert = pytest.mark.skipif(
 needs_coreml = pytest.mark.skipif(not module_available("coremltools"), reason="pip install 'shufflenet[coreml]'")
 
 
-def seeded(arch: str) -> nn.Module:
-    """A seeded model with BN statistics as after training, so folding is exercised."""
+def seeded(arch: str, prep: Preprocessing) -> nn.Module:
+    """A seeded model whose BN statistics come from random pixels through ``prep`` (as after training).
+
+    With the initial statistics (mean 0, var 1) the logits barely depend on the input, and every
+    comparison below would pass whatever the export did to the pixels.
+    """
     torch.manual_seed(0)
     model = create_model(arch, num_classes=len(CLASSES))
-    generator = torch.Generator().manual_seed(1)
+    model.preprocessing = prep
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.2)
-            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the batches below
+    generator = torch.Generator().manual_seed(1)
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            model(prep.normalize()(torch.randint(0, 256, (8, 3, IMG, IMG), generator=generator) / 255))
     return model.eval()
 
 
 @pytest.fixture(scope="module", params=sorted(ARCHS))
 def family(request: pytest.FixtureRequest) -> tuple[str, nn.Module, Preprocessing]:
     arch, prep = ARCHS[request.param]
-    return arch, seeded(arch), prep
+    return arch, seeded(arch, prep), prep
 
 
 def expected(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
         return model(x)
+
+
+def batch(n: int, prep: Preprocessing, seed: int) -> torch.Tensor:
+    """Random 8-bit pixels through ``prep``: inputs on the scale the model sees in use."""
+    pixels = torch.randint(0, 256, (n, 3, IMG, IMG), generator=torch.Generator().manual_seed(seed)) / 255
+    return prep.normalize()(pixels)
 
 
 def rgb_image(seed: int = 0) -> np.ndarray:
@@ -85,11 +100,11 @@ def ncnn_export(family, tmp_path_factory: pytest.TempPathFactory):
 def test_ncnn_export_is_verified_and_matches_pytorch(ncnn_export) -> None:
     from shufflenet.deploy.runtimes.ncnn import load_ncnn
 
-    model, _, result = ncnn_export
+    model, prep, result = ncnn_export
     assert {p.name for p in result.path.iterdir()} == {"model.ncnn.param", "model.ncnn.bin", "model.ncnn.json"}
     assert result.runtime == "ncnn"
     assert result.verification["max_abs_diff"] <= 1e-4 and result.verification["top1_agreement"] == 1.0
-    x = torch.randn(5, 3, IMG, IMG, generator=torch.Generator().manual_seed(7))
+    x = batch(5, prep, 7)
     got = load_ncnn(result.path, threads=1)(x)
     assert (got - expected(model, x)).abs().max() <= 1e-4
     assert torch.equal(got.argmax(1), expected(model, x).argmax(1))
@@ -166,10 +181,10 @@ def tflite_export(family, tmp_path_factory: pytest.TempPathFactory):
 def test_tflite_export_runs_in_litert_and_matches_pytorch(tflite_export) -> None:
     from shufflenet.deploy.runtimes.litert import load_tflite
 
-    model, _, result = tflite_export
+    model, prep, result = tflite_export
     assert result.runtime == "litert"
     assert result.verification["max_abs_diff"] <= 1e-4 and result.verification["top1_agreement"] == 1.0
-    x = torch.randn(3, 3, IMG, IMG, generator=torch.Generator().manual_seed(7))
+    x = batch(3, prep, 7)
     runner = load_tflite(result.path, threads=1)
     assert runner.interpreter.get_input_details()[0]["shape"].tolist() == [1, IMG, IMG, 3]  # NHWC, as on phones
     assert (runner(x) - expected(model, x)).abs().max() <= 1e-4
@@ -195,8 +210,8 @@ def test_tflite_int8_is_an_int8_file(tflite_export, tmp_path: Path) -> None:
     from shufflenet.deploy.formats.litert import export_tflite
     from shufflenet.deploy.runtimes.litert import load_tflite
 
-    model, _, fp32 = tflite_export
-    calibration = [torch.randn(8, 3, IMG, IMG, generator=torch.Generator().manual_seed(3))]
+    model, prep, fp32 = tflite_export
+    calibration = [batch(8, prep, 3)]
     result = export_tflite(
         model, tmp_path / "int8.tflite", img_size=IMG, precision="int8", calibration_data=calibration
     )
@@ -236,7 +251,7 @@ def test_coreml_package_takes_raw_pixels_and_names_the_classes(family, tmp_path:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model = seeded("shufflenet_v1_g3_x0_5")
+    model = seeded("shufflenet_v1_g3_x0_5", PREP)
     ckpt = make_checkpoint(model, "shufflenet_v1_g3_x0_5", CLASSES, PREP)
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt", ckpt)
 
@@ -269,8 +284,8 @@ def test_cli_export_coreml_says_it_was_not_run(checkpoint: Path, tmp_path: Path,
 def test_ncnn_is_a_backend_of_compile_for_inference_and_auto(family) -> None:
     from shufflenet import deploy
 
-    _, model, _ = family
-    x = torch.randn(3, 3, IMG, IMG, generator=torch.Generator().manual_seed(5))
+    _, model, prep = family
+    x = batch(3, prep, 5)
     runner = deploy.compile_for_inference(model, "ncnn", example_input=x, threads=1)
     assert runner.name == "ncnn/fp32"
     assert (runner(x) - expected(model, x)).abs().max() <= 1e-4
@@ -283,8 +298,8 @@ def test_ncnn_is_a_backend_of_compile_for_inference_and_auto(family) -> None:
 def test_litert_is_a_backend_but_not_raced_by_auto(family) -> None:
     from shufflenet import deploy
 
-    _, model, _ = family
-    x = torch.randn(2, 3, IMG, IMG, generator=torch.Generator().manual_seed(5))
+    _, model, prep = family
+    x = batch(2, prep, 5)
     runner = deploy.compile_for_inference(model, "litert", example_input=x, threads=1)
     assert runner.name == "litert/fp32" and (runner(x) - expected(model, x)).abs().max() <= 1e-4
     assert "litert" not in deploy.candidate_backends("fp32")

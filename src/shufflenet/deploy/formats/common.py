@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,12 +46,8 @@ def require(module: str, what: str) -> Any:
 
 
 def module_available(module: str) -> bool:
-    """Whether ``module`` imports here (the runtime or converter is installed and loads)."""
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        return False
-    return True
+    """Whether ``module`` is installed here (found, not imported: coremltools prints notes on import)."""
+    return importlib.util.find_spec(module) is not None
 
 
 def check_output(path: Path, overwrite: bool, directory: bool = False) -> None:
@@ -65,10 +62,16 @@ def check_output(path: Path, overwrite: bool, directory: bool = False) -> None:
 
 
 def verification_batch(model: nn.Module, img_size: int, seed: int = 0) -> Tensor:
-    """A seeded batch of normalised-looking random images the export is checked on."""
+    """A seeded batch of random 8-bit pixels put through the model's preprocessing (scale, order, mean/std).
+
+    Inputs on the scale the model sees in use: a megvii v1 takes 0-255 BGR values, a torchvision v2
+    ImageNet-normalised ones, and the check should exercise either.
+    """
     generator = torch.Generator().manual_seed(seed)
     shape = default_example_input(model, VERIFY_BATCH, img_size).shape
-    return torch.randn(shape, generator=generator)
+    pixels = torch.randint(0, 256, shape, generator=generator).float() / 255
+    preprocessing = getattr(model, "preprocessing", None)
+    return preprocessing.normalize()(pixels) if preprocessing is not None else pixels
 
 
 def verify(model: nn.Module, runner: Callable[[Tensor], Tensor], x: Tensor) -> Mapping[str, float]:
