@@ -4,6 +4,7 @@ Sections (one process; candidates timed in interleaved rounds by shufflenet.benc
 
 * speed     v2 1x and v1 g3 1x at 224, batches 1/8/32, fp32 of every installed runtime (ncnn, litert
             included) beside torchvision eager (v2) / our eager model (v1).
+* quick     v2 1x fp32 only, a fixed number of interleaved rounds and no load rejection (busy machines).
 * int8      TFLite int8 vs fp32 top-1 on the digits demo's validation images (``--weights`` from
             ``shufflenet demo``), calibrated on its training images; the issue asks for <= 1 point.
 
@@ -44,6 +45,41 @@ def speed(args: argparse.Namespace) -> None:
         print(format_table(bench.table_rows(result), bench.TABLE_COLUMNS))
         for label, reason in result.skipped.items():
             print(f"  skipped {label}: {reason}")
+
+
+def quick(args: argparse.Namespace) -> None:
+    """Median img/s of each runtime, interleaved rounds, no load rejection (for a busy machine)."""
+    import statistics
+    import time
+
+    from torchvision.models import shufflenet_v2_x1_0
+
+    torch.manual_seed(0)
+    model = create_model("shufflenet_v2_x1_0").eval()
+    baseline = shufflenet_v2_x1_0().eval()
+    baseline.load_state_dict(model.state_dict())
+    example = torch.randn(1, 3, 224, 224)
+    runners = {"torchvision eager": lambda x: baseline(x)}
+    for backend in [b for b in BACKENDS if deploy.backend_available(b)]:
+        runners[backend] = deploy.compile_for_inference(model, backend, example_input=example, threads=args.threads)
+    rows = []
+    for batch in (1, 8, 32):
+        x = torch.randn(batch, 3, 224, 224)
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        with torch.inference_mode():
+            for run in runners.values():
+                run(x)  # warm-up
+            for _ in range(args.rounds):
+                for name, run in runners.items():
+                    start = time.perf_counter()
+                    run(x)
+                    times[name].append(time.perf_counter() - start)
+        base = batch / statistics.median(times["torchvision eager"])
+        for name, values in times.items():
+            ips = batch / statistics.median(values)
+            rows.append({"runtime": name, "batch": batch, "img/s": f"{ips:.1f}", "x eager": f"{ips / base:.2f}"})
+    print(f"\nshufflenet_v2_x1_0 fp32, 224x224, {args.threads} threads, {args.rounds} interleaved rounds, medians")
+    print(format_table(rows, [(k, k) for k in ("runtime", "batch", "img/s", "x eager")]))
 
 
 def int8(args: argparse.Namespace) -> None:
@@ -101,6 +137,7 @@ def main() -> None:
     parser.add_argument("--models", default="shufflenet_v2_x1_0,shufflenet_v1_g3_x1_0")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--time", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=7, help="quick: interleaved rounds per batch size")
     parser.add_argument("--weights", default="runs/demo/best.pt")
     parser.add_argument("--calibration", type=int, default=256, help="training images to calibrate int8 on")
     args = parser.parse_args()
@@ -110,6 +147,8 @@ def main() -> None:
         int8(args)
     if "speed" in sections:
         speed(args)
+    if "quick" in sections:
+        quick(args)
 
 
 if __name__ == "__main__":
