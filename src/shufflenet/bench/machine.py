@@ -26,7 +26,7 @@ def cpu_model_name() -> str:
 def library_versions() -> dict[str, str | None]:
     """Versions of torch and of the optional runtimes and torchvision (None: not installed)."""
     versions: dict[str, str | None] = {"torch": torch.__version__}
-    for module in ("onnxruntime", "openvino", "torchvision"):
+    for module in ("onnxruntime", "openvino", "ncnn", "ai_edge_litert", "torchvision"):
         try:
             versions[module] = __import__(module).__version__
         except ImportError:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from shufflenet import deploy
 from shufflenet.bench.machine import machine_info
 from shufflenet.bench.timing import PeakMemory, Timing, time_interleaved
+from shufflenet.deploy.select import build_from_export
 
 Progress = Callable[[str], None]
 
@@ -149,6 +150,11 @@ def build_candidates(
                             runners["torch fp32 compiled"] = deploy.TorchModel(
                                 model, precision, threads=threads, torch_compile=True
                             )
+                        continue
+                    if deploy.RUNTIMES[backend].source != "onnx":
+                        runners[label] = build_from_export(
+                            backend, model, precision, example, calibration, threads, Path(tmp)
+                        )
                         continue
                     if not exported:
                         deploy.export_onnx(model, onnx_path, example_input=example, dynamic_batch=True)

@@ -10,9 +10,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from shufflenet import deploy
 from shufflenet.cli.common import format_table, write_json
 
-BACKENDS = ("torch", "onnxruntime", "openvino", "auto")
+BACKENDS = (*deploy.BACKENDS, "auto")
 PRECISIONS = ("fp32", "bf16", "int8")
 
 

@@ -1,8 +1,10 @@
-"""``shufflenet export``: a checkpoint to ONNX or TorchScript, with preprocessing and class names inside."""
+"""``shufflenet export``: a checkpoint to ONNX, TorchScript, ncnn, TFLite or Core ML, with preprocessing inside."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -15,13 +17,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the subcommand."""
     parser = subparsers.add_parser(
         "export",
-        help="export a checkpoint to ONNX or TorchScript",
+        help="export a checkpoint to ONNX, TorchScript, ncnn, TFLite or Core ML",
         description="Export one of our checkpoints (BatchNorm folded) with its class names and preprocessing "
-        "in the file's metadata. ONNX files are checked against PyTorch with onnxruntime when it is installed.",
+        "in the file's metadata. ONNX, ncnn and TFLite exports are checked against PyTorch in their runtime "
+        "(onnxruntime, ncnn, LiteRT) when it is installed; Core ML runs only on Apple platforms.",
     )
     parser.add_argument("--weights", required=True, metavar="FILE", help="checkpoint written by shufflenet (.pt)")
-    parser.add_argument("--format", required=True, choices=["onnx", "torchscript"], help="output format")
-    parser.add_argument("--out", required=True, metavar="FILE", help="output file (.onnx / .pt)")
+    parser.add_argument("--format", required=True, choices=FORMATS, help="output format")
+    parser.add_argument(
+        "--out", required=True, metavar="PATH", help="output file (.onnx, .pt, .tflite), folder (ncnn) or .mlpackage"
+    )
     parser.add_argument("--dynamic-batch", action="store_true", help="ONNX: symbolic batch dimension")
     parser.add_argument("--img-size", type=int, help="input size (default: the checkpoint's crop size)")
     parser.add_argument(
@@ -31,9 +36,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "-> Reshape) instead of one interleaving Concat (same values; the default runs faster in OpenVINO)",
     )
     add_eval_crop_option(parser)
+    parser.add_argument(
+        "--precision", choices=["fp32", "int8"], default="fp32", help="tflite: int8 = static int8 (needs --calibration)"
+    )
+    parser.add_argument(
+        "--calibration", metavar="DIR", help="int8: folder of your training images to calibrate on (up to 256 used)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-PyTorch check")
     parser.set_defaults(func=run)
+
+
+FORMATS = ["onnx", "torchscript", "ncnn", "tflite", "coreml"]
+CALIBRATION_IMAGES = 256
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,6 +57,13 @@ def run(args: argparse.Namespace) -> int:
     apply_eval_crop(model, args.eval_crop)
     if args.img_size is not None and args.img_size < 32:
         raise ValueError(f"--img-size must be at least 32, got {args.img_size}")
+    if args.precision == "int8" and args.format != "tflite":
+        raise ValueError(
+            f"--precision int8 is written for --format tflite; {args.format} exports fp32 "
+            "(ncnn int8 needs ncnn2table/ncnn2int8, which PyPI's ncnn does not ship)"
+        )
+    if args.format in ("ncnn", "tflite", "coreml"):
+        return _run_mobile(args, model)
     if args.format == "onnx":
         path = deploy.export_onnx(
             model,
@@ -67,3 +89,53 @@ def run(args: argparse.Namespace) -> int:
             f"top-1 agreement {check['top1_agreement']:.0%}"
         )
     return 0
+
+
+def _run_mobile(args: argparse.Namespace, model: torch.nn.Module) -> int:
+    options: dict[str, Any] = {"img_size": args.img_size, "overwrite": args.overwrite}
+    if args.format == "ncnn":
+        from shufflenet.deploy.formats.ncnn import export_ncnn
+
+        result = export_ncnn(model, args.out, verify_export=not args.no_verify, **options)
+    elif args.format == "tflite":
+        from shufflenet.deploy.formats.litert import export_tflite
+
+        calibration = _calibration_batches(args.calibration, model) if args.precision == "int8" else None
+        result = export_tflite(
+            model,
+            args.out,
+            precision=args.precision,
+            calibration_data=calibration,
+            verify_export=not args.no_verify,
+            **options,
+        )
+    else:
+        from shufflenet.deploy.formats.coreml import export_coreml
+
+        result = export_coreml(model, args.out, **options)
+    size = sum(f.stat().st_size for f in result.path.rglob("*") if f.is_file()) if result.path.is_dir() else 0
+    size = size or result.path.stat().st_size
+    print(f"wrote {result.path} ({size / 2**20:.1f} MiB): {model.arch}, {len(model.class_names)} classes")
+    if result.verification is not None:
+        check = result.verification
+        print(
+            f"{result.runtime} vs PyTorch: max abs diff {check['max_abs_diff']:.2e}, "
+            f"top-1 agreement {check['top1_agreement']:.0%}"
+        )
+    if result.note:
+        print(result.note)
+    return 0
+
+
+def _calibration_batches(folder: str | None, model: torch.nn.Module) -> list[torch.Tensor]:
+    """Up to :data:`CALIBRATION_IMAGES` images of ``folder``, preprocessed as the checkpoint says."""
+    from shufflenet.data import list_image_paths, load_image
+
+    if folder is None:
+        raise ValueError("--precision int8 needs --calibration DIR: a folder of your training images")
+    paths = list_image_paths([Path(folder)])[:CALIBRATION_IMAGES]
+    if not paths:
+        raise ValueError(f"--calibration {folder}: no images found")
+    transform = model.preprocessing.eval_transform()
+    images = [transform(load_image(p)) for p in paths]
+    return [torch.stack(images[i : i + 32]) for i in range(0, len(images), 32)]

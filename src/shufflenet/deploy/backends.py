@@ -24,9 +24,11 @@ class Runtime:
     name: str
     precisions: tuple[str, ...]
     runner: str  # "module:Class", the module under shufflenet.deploy.runtimes
-    source: str  # what the runner is built from: "module" (an nn.Module) or "onnx" (an .onnx file)
+    source: str  # what the runner is built from: "module" (an nn.Module), "onnx" (an .onnx file), "ncnn", "tflite"
     package: str | None = None  # import name of the runtime library (None: PyTorch itself)
     extra: str | None = None  # pip extra of shufflenet that installs it
+    converter: str | None = None  # import name of the package that writes its format from PyTorch
+    in_auto: bool = True  # whether backend="auto" races it (LiteRT's ~20 s conversion keeps it out)
 
 
 RUNTIMES: dict[str, Runtime] = {
@@ -35,6 +37,17 @@ RUNTIMES: dict[str, Runtime] = {
         Runtime("torch", ("fp32", "bf16"), "torch:TorchModel", "module"),
         Runtime("onnxruntime", ("fp32", "int8"), "onnxruntime:OnnxRuntimeModel", "onnx", "onnxruntime", "onnx"),
         Runtime("openvino", ("fp32", "bf16", "int8"), "openvino:OpenVinoModel", "onnx", "openvino", "openvino"),
+        Runtime("ncnn", ("fp32",), "ncnn:NcnnModel", "ncnn", "ncnn", "ncnn", converter="pnnx"),
+        Runtime(
+            "litert",
+            ("fp32", "int8"),
+            "litert:LiteRTModel",
+            "tflite",
+            "ai_edge_litert",
+            "litert",
+            "litert_torch",
+            False,
+        ),
     )
 }
 BACKENDS = tuple(RUNTIMES)
@@ -51,8 +64,9 @@ def runner_class(backend: str) -> type:
 def backend_available(backend: str) -> bool:
     """Whether the runtime behind ``backend`` can be imported here."""
     _check_backend(backend)
-    package = RUNTIMES[backend].package
-    return package is None or importlib.util.find_spec(package) is not None
+    runtime = RUNTIMES[backend]
+    packages = [p for p in (runtime.package, runtime.converter) if p is not None]
+    return all(importlib.util.find_spec(p) is not None for p in packages)
 
 
 def available_backends() -> list[str]:
@@ -96,13 +110,17 @@ def _require(backend: str) -> Any:
     runtime = RUNTIMES[backend]
     if runtime.package is None:
         return None
-    try:
-        return importlib.import_module(runtime.package)
-    except ImportError as err:
-        raise ImportError(
-            f"backend {backend!r} needs the {runtime.package} package, which is not installed: "
-            f"pip install 'shufflenet[{runtime.extra}]' (or choose backend='torch')"
-        ) from err
+    for package in (runtime.converter, runtime.package):
+        if package is None:
+            continue
+        try:
+            module = importlib.import_module(package)
+        except ImportError as err:
+            raise ImportError(
+                f"backend {backend!r} needs the {package} package, which is not installed: "
+                f"pip install 'shufflenet[{runtime.extra}]' (or choose backend='torch')"
+            ) from err
+    return module
 
 
 def _require_onnx() -> Any:

@@ -104,7 +104,7 @@ class _Candidate:
 def candidate_backends(precision: str) -> list[str]:
     """Installed backends that run ``precision`` (bf16 only where the CPU has native bf16)."""
     _check_precision(precision)
-    names = [b for b in available_backends() if precision in SUPPORTED[b]]
+    names = [b for b in available_backends() if precision in SUPPORTED[b] and RUNTIMES[b].in_auto]
     if precision == "bf16" and not cpu_has_bf16():
         names = []
     return names
@@ -192,6 +192,8 @@ def _build_candidates(
         for name in names:
             if RUNTIMES[name].source == "module":
                 runner: CompiledModel = runner_class(name)(model, precision, threads=threads, **options)
+            elif RUNTIMES[name].source != "onnx":
+                runner = build_from_export(name, model, precision, example, calibration_data, threads, Path(tmp))
             else:
                 source = fp32_path
                 if precision == "int8":
@@ -202,6 +204,45 @@ def _build_candidates(
                 runner = _make_onnx_runner(source, name, precision, threads)
             candidates.append(_Candidate(name, runner))
     return candidates
+
+
+def build_from_export(
+    backend: str,
+    model: nn.Module,
+    precision: str,
+    example: Tensor,
+    calibration_data: Iterable[Tensor] | None,
+    threads: int | None,
+    workdir: Path,
+) -> CompiledModel:
+    """A runner of a backend that runs its own format (ncnn, litert): export ``model`` into ``workdir``, load it.
+
+    The runners read their files fully, so ``workdir`` may go afterwards.
+    """
+    if example.shape[2] != example.shape[3]:
+        raise ValueError(
+            f"backend {backend!r} is exported for square images, got {example.shape[2]}x{example.shape[3]}"
+        )
+    size = example.shape[-1]
+    if RUNTIMES[backend].source == "ncnn":
+        from shufflenet.deploy.formats.ncnn import export_ncnn
+        from shufflenet.deploy.runtimes.ncnn import NcnnModel
+
+        export = export_ncnn(model, workdir / "ncnn", img_size=size, verify_export=False)
+        return NcnnModel(export.path, precision, threads)
+    from shufflenet.deploy.formats.litert import export_tflite
+    from shufflenet.deploy.runtimes.litert import LiteRTModel
+
+    export = export_tflite(
+        model,
+        workdir / f"model-{precision}.tflite",
+        img_size=size,
+        precision=precision,
+        calibration_data=calibration_data,
+        verify_export=False,
+        overwrite=True,
+    )
+    return LiteRTModel(export.path, threads)
 
 
 def _time_candidates(candidates: list[_Candidate], x: Tensor, rounds: int = 3, per_round: int = 3) -> None:

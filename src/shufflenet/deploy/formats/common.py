@@ -1,0 +1,90 @@
+"""What the mobile exporters share: the result they return, output checks, the verification batch."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from shufflenet.deploy.inputs import agreement, default_example_input
+
+# pip extra and module of each mobile tool.
+EXTRAS = {
+    "ncnn": "ncnn",
+    "pnnx": "ncnn",
+    "ai_edge_litert": "litert",
+    "litert_torch": "litert",
+    "coremltools": "coreml",
+}
+VERIFY_BATCH = 4
+
+
+@dataclass
+class ExportResult:
+    """An export on disk and, where its runtime runs here, how it agrees with PyTorch."""
+
+    path: Path
+    files: list[Path] = field(default_factory=list)
+    verification: Mapping[str, float] | None = None
+    runtime: str | None = None
+    note: str = ""
+
+
+def require(module: str, what: str) -> Any:
+    """Import ``module`` or raise an ImportError naming the pip extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        extra = EXTRAS.get(module, module)
+        raise ImportError(f"{what} needs the {module} package: pip install 'shufflenet[{extra}]'") from err
+
+
+def module_available(module: str) -> bool:
+    """Whether ``module`` is installed here (found, not imported: coremltools prints notes on import)."""
+    return importlib.util.find_spec(module) is not None
+
+
+def check_output(path: Path, overwrite: bool, directory: bool = False) -> None:
+    """Refuse to replace an existing output unless ``overwrite``; the parent folder must exist."""
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    if path.exists() and path.is_dir() != directory:
+        kind = "a file" if directory else "a directory"
+        raise FileExistsError(f"{path} is {kind}; give a {'folder' if directory else 'file'} name")
+    if not path.parent.exists():
+        raise FileNotFoundError(f"directory {path.parent} does not exist; create it first")
+
+
+def verification_batch(model: nn.Module, img_size: int, seed: int = 0) -> Tensor:
+    """A seeded batch of random 8-bit pixels put through the model's preprocessing (scale, order, mean/std).
+
+    Inputs on the scale the model sees in use: a megvii v1 takes 0-255 BGR values, a torchvision v2
+    ImageNet-normalised ones, and the check should exercise either.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    shape = default_example_input(model, VERIFY_BATCH, img_size).shape
+    pixels = torch.randint(0, 256, shape, generator=generator).float() / 255
+    preprocessing = getattr(model, "preprocessing", None)
+    return preprocessing.normalize()(pixels) if preprocessing is not None else pixels
+
+
+def verify(model: nn.Module, runner: Callable[[Tensor], Tensor], x: Tensor) -> Mapping[str, float]:
+    """Max abs diff and top-1 agreement of ``runner`` against the PyTorch model on ``x``."""
+    with torch.inference_mode():
+        expected = model.eval()(x)
+    return agreement(expected, runner(x))
+
+
+def crop_size(model: nn.Module, img_size: int | None) -> int:
+    """The square input size an export is written for (``img_size``, else the model's crop size)."""
+    if img_size is not None:
+        if img_size < 32:
+            raise ValueError(f"img_size must be at least 32, got {img_size}")
+        return img_size
+    return int(getattr(getattr(model, "preprocessing", None), "crop_size", 224))

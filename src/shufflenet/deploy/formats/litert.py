@@ -1,0 +1,164 @@
+"""LiteRT (TFLite): export with litert-torch, int8 with ai-edge-quantizer, verified in the ai-edge-litert interpreter.
+
+The ``.tflite`` file takes NHWC float32 input (N, H, W, 3), as Android bitmaps come, and carries our metadata
+(class names, preprocessing, input size) as a TFLite ``Metadata`` entry named ``shufflenet.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from shufflenet.deploy.errors import DeployError
+from shufflenet.deploy.export import model_metadata
+from shufflenet.deploy.folding import fold_batchnorm
+from shufflenet.deploy.formats.common import ExportResult, check_output, crop_size, require, verification_batch, verify
+from shufflenet.deploy.runtimes.litert import METADATA_NAME, TFLITE_IDENTIFIER, load_tflite
+from shufflenet.transforms import Preprocessing
+
+
+def tflite_preprocessing(preprocessing: Preprocessing) -> dict[str, Any]:
+    """Per-channel ``(pixel / 255 * pixel_scale - mean) / std`` as one multiply-add on 0-255 pixels."""
+    scale = preprocessing.pixel_scale
+    return {
+        "layout": "NHWC",
+        "pixel_format": preprocessing.channel_order,
+        "pixel_multiplier": [scale / (255.0 * s) for s in preprocessing.std],
+        "pixel_offset": [-m / s for m, s in zip(preprocessing.mean, preprocessing.std, strict=True)],
+        "resize_size": preprocessing.resize_size,
+        "crop_size": preprocessing.crop_size,
+    }
+
+
+def _convert(module: nn.Module, size: int) -> bytes:
+    """The fp32 .tflite bytes of ``module`` with an NHWC input of ``size`` x ``size``."""
+    litert_torch = require("litert_torch", "TFLite export")
+    nhwc = litert_torch.to_channel_last_io(module, args=[0])
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
+        try:
+            converted = litert_torch.convert(nhwc.eval(), (torch.zeros(1, size, size, 3),))
+            converted.export(str(Path(tmp) / "model.tflite"))
+        except Exception as err:
+            raise DeployError(f"litert-torch could not convert the model: {str(err).strip()[:300]}") from err
+        return (Path(tmp) / "model.tflite").read_bytes()
+
+
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """litert-torch prints progress lines and warns; the library stays quiet."""
+    loggers = [logging.getLogger(name) for name in ("absl", "litert_torch", "jax")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
+        with quiet[0], quiet[1], warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _quantize_int8(float_model: bytes, calibration: list[np.ndarray]) -> bytes:
+    """Static int8 (weights and activations) with ai-edge-quantizer, calibrated on NHWC batches."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    require("ai_edge_quantizer", "TFLite int8")
+    from ai_edge_quantizer import quantizer, recipe
+
+    input_name = Interpreter(model_content=float_model).get_signature_runner().get_input_details()
+    (name,) = input_name
+    samples = [{name: image[None]} for batch in calibration for image in batch]
+    with _quiet():
+        qt = quantizer.Quantizer(float_model, recipe.static_wi8_ai8())
+        calibrated = qt.calibrate({"serving_default": samples})
+        return bytes(qt.quantize(calibrated).quantized_model)
+
+
+def add_metadata(model_bytes: bytes, meta: dict[str, Any]) -> bytes:
+    """The .tflite bytes with ``meta`` as JSON in a ``Metadata`` entry named :data:`METADATA_NAME`."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(model_bytes, 0)
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = METADATA_NAME
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if m.name != METADATA_NAME.encode()] + [entry]
+    builder = flatbuffers.Builder(len(model_bytes) + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=TFLITE_IDENTIFIER)
+    return bytes(builder.Output())
+
+
+def export_tflite(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    img_size: int | None = None,
+    overwrite: bool = False,
+    precision: str = "fp32",
+    calibration_data: Iterable[Tensor] | None = None,
+    class_names: list[str] | None = None,
+    preprocessing: Preprocessing | None = None,
+    arch: str | None = None,
+    verify_export: bool = True,
+) -> ExportResult:
+    """Write a .tflite (NHWC float input; ``precision="int8"``: static int8 calibrated on your images).
+
+    With ``verify_export`` the file runs in the LiteRT interpreter against PyTorch on a seeded batch
+    (``result.verification``: max abs diff, top-1 agreement).
+    """
+    if precision not in ("fp32", "int8"):
+        raise ValueError(f"TFLite export writes precision 'fp32' or 'int8', not {precision!r}")
+    path = Path(path)
+    check_output(path, overwrite)
+    size = crop_size(model, img_size)
+    meta = model_metadata(model, (3, size, size), False, class_names, preprocessing, arch)
+    meta["precision"] = precision
+    meta["tflite"] = tflite_preprocessing(Preprocessing.from_dict(meta["preprocessing"]))
+    # The metadata goes in before quantization: ai-edge-quantizer keeps it, and its output (weights placed
+    # after the flatbuffer) cannot be re-packed by the flatbuffers object API.
+    data = add_metadata(_convert(fold_batchnorm(model), size), meta)
+    if precision == "int8":
+        data = _quantize_int8(data, _nhwc_calibration(calibration_data, size))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
+    os.replace(tmp, path)
+    result = ExportResult(path, [path])
+    if verify_export:
+        result.runtime = "litert"
+        result.verification = verify(model, load_tflite(path), verification_batch(model, size))
+    return result
+
+
+def _nhwc_calibration(calibration_data: Iterable[Tensor] | None, size: int) -> list[np.ndarray]:
+    if calibration_data is None:
+        raise ValueError("precision='int8' needs calibration_data: float NCHW batches of your own images")
+    batches = []
+    for i, batch in enumerate(calibration_data):
+        if isinstance(batch, (tuple, list)):
+            batch = batch[0]  # (images, labels) from a DataLoader
+        if not isinstance(batch, Tensor) or batch.dim() != 4 or tuple(batch.shape[1:]) != (3, size, size):
+            shape = tuple(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
+            raise ValueError(f"calibration_data batch {i} is {shape}; expected float (N, 3, {size}, {size})")
+        batches.append(batch.float().permute(0, 2, 3, 1).contiguous().numpy())
+    if not batches:
+        raise ValueError("calibration_data is empty; give at least one batch of images for int8 calibration")
+    return batches
