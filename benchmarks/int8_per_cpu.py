@@ -30,8 +30,8 @@ import numpy as np
 def _val(run: Path, out: Path):
     import torch
 
+    from shufflenet.checkpoints import load_model
     from shufflenet.deploy.calibration import load_batches, run_split
-    from shufflenet.weights import load_model
 
     model = load_model(run / "best.pt", device="cpu")
     _, _, val = run_split(run / "best.pt")

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from shufflenet import bench, create_model, deploy
+from shufflenet.checkpoints import load_model
 from shufflenet.cli.common import format_table
-from shufflenet.weights import load_model
 
 BACKENDS = ["torch", "onnxruntime", "openvino", "ncnn", "litert"]
 

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from shufflenet.checkpoints import load_model
 from shufflenet.data import make_digits_dataset
 from shufflenet.evaluation import evaluate, load_eval_dataset
 from shufflenet.training import train
-from shufflenet.weights import load_model
 
 HYMENOPTERA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera_data"
 # Small models and images: the benchmark runs on a shared 2-core CPU.

@@ -11,8 +11,8 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 import shufflenet
 from shufflenet import create_model
+from shufflenet.checkpoints import make_checkpoint, save_checkpoint
 from shufflenet.timm_compat import register_timm_models, register_when_timm_imported
-from shufflenet.weights import make_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")

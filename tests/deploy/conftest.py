@@ -12,9 +12,9 @@ from torch import nn
 
 from deploy.helpers import IMG, RUN_CLASSES, RUN_COUNTS, synthetic_batch, trained
 from shufflenet import create_model, deploy
+from shufflenet.checkpoints import make_checkpoint, save_checkpoint
 from shufflenet.data import write_split
 from shufflenet.transforms import Preprocessing
-from shufflenet.weights import make_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")

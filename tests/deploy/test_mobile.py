@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from shufflenet import create_model
+from shufflenet.checkpoints import make_checkpoint, save_checkpoint
 from shufflenet.cli import main
 from shufflenet.deploy.formats.common import module_available
 from shufflenet.transforms import Preprocessing
-from shufflenet.weights import make_checkpoint, save_checkpoint
 
 IMG = 64
 CLASSES = ["ant", "bee", "wasp"]

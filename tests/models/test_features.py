@@ -6,8 +6,8 @@ import torchvision
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from shufflenet import create_model, list_models, model_info, tables
+from shufflenet.checkpoints import make_checkpoint, save_checkpoint
 from shufflenet.models.features import FeatureInfo, ShuffleNetFeatures
-from shufflenet.weights import make_checkpoint, save_checkpoint
 
 STRIDES = (4, 8, 16, 32, 32)
 MODULES = ("maxpool", "stage2", "stage3", "stage4", "conv5")

@@ -13,6 +13,7 @@ from PIL import Image
 
 import shufflenet
 from conftest import TINY, read_rows
+from shufflenet.checkpoints import load_model
 from shufflenet.evaluation import evaluate, load_eval_dataset
 from shufflenet.training import TrainConfig
 from shufflenet.training.augment import batch_mixer, hard_labels
@@ -20,7 +21,6 @@ from shufflenet.training.ema import build_ema, ema_decay
 from shufflenet.training.optim import lr_factor
 from shufflenet.training.recipes import RECIPE_KEYS, RECIPES, fit_recipe_to_data, recipe_values, resolve_recipe
 from shufflenet.transforms import Preprocessing
-from shufflenet.weights import load_model
 
 DIGITS = (0, 1, 4, 7)
 

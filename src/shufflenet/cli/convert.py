@@ -45,5 +45,5 @@ def run(args: argparse.Namespace) -> int:
         f"  preprocessing {prep['channel_order']}, pixels 0-{prep['pixel_scale']:g}, mean {prep['mean']}, "
         f"std {prep['std']}, resize {prep['resize_size']} crop {prep['crop_size']}"
     )
-    print(f"  load with     shufflenet.weights.load_model({str(output)!r})")
+    print(f"  load with     shufflenet.checkpoints.load_model({str(output)!r})")
     return 0

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from shufflenet import deploy
+from shufflenet.checkpoints import load_model
 from shufflenet.cli.evaluate import add_eval_crop_option, apply_eval_crop
-from shufflenet.weights import load_model
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

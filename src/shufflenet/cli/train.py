@@ -36,6 +36,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "options given explicitly override it",
     )
     parser.add_argument("--freeze-backbone", action="store_true", default=None, help="train the classifier only")
+    _add_optimization_options(parser.add_argument_group("optimization"))
+    _add_augmentation_options(parser.add_argument_group("images and augmentation"))
+    _add_machine_options(parser.add_argument_group("machine"))
+    parser.add_argument("--resume", action="store_true", default=None, help="continue RUN from RUN/last.pt")
+    parser.add_argument("--overwrite", action="store_true", default=None, help="replace the files of an existing RUN")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings and errors only")
+    parser.set_defaults(func=run)
+
+
+def _add_optimization_options(parser: argparse._ArgumentGroup) -> None:
+    d = DEFAULTS
     parser.add_argument("--epochs", type=int, help="total epochs (recipe's)")
     parser.add_argument("--batch-size", type=int, help="images per step and process (recipe's)")
     parser.add_argument("--lr", type=float, help="learning rate (recipe's)")
@@ -45,6 +56,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (recipe's)")
     parser.add_argument("--warmup-epochs", type=float, help="linear warm-up length (recipe's)")
     parser.add_argument("--label-smoothing", type=float, help="recipe's")
+    parser.add_argument(
+        "--ema-epochs", type=float, help="EMA of the weights with this time constant (recipe's; 0 off): best_ema.pt"
+    )
+    parser.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
+
+
+def _add_augmentation_options(parser: argparse._ArgumentGroup) -> None:
+    d = DEFAULTS
     parser.add_argument("--img-size", type=int, help=f"training crop size S (default {d.img_size})")
     parser.add_argument("--eval-size", type=int, help="validation crop size (default: S)")
     parser.add_argument(
@@ -57,14 +76,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--random-erase", type=float, metavar="P", help="RandomErasing probability (recipe's)")
     parser.add_argument("--mixup-alpha", type=float, help="MixUp on batches (recipe's; 0 off)")
     parser.add_argument("--cutmix-alpha", type=float, help="CutMix on batches (recipe's; 0 off)")
-    parser.add_argument(
-        "--ema-epochs", type=float, help="EMA of the weights with this time constant (recipe's; 0 off): best_ema.pt"
-    )
     parser.add_argument("--no-hflip", dest="hflip", action="store_false", default=None, help="no horizontal flips")
     parser.add_argument(
         "--val-split", type=float, help=f"validation fraction for one-tree data (default {d.val_split})"
     )
-    parser.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
+
+
+def _add_machine_options(parser: argparse._ArgumentGroup) -> None:
     parser.add_argument("--device", help="auto (default: cuda, mps, cpu), cpu, cuda, cuda:N, mps")
     parser.add_argument(
         "--amp", choices=AMP_MODES, help="autocast dtype (default auto: bf16 on CUDA GPUs, off elsewhere)"
@@ -94,10 +112,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="keep decoded, resized images in memory (default: when they fit in 2 GiB)",
     )
-    parser.add_argument("--resume", action="store_true", default=None, help="continue RUN from RUN/last.pt")
-    parser.add_argument("--overwrite", action="store_true", default=None, help="replace the files of an existing RUN")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings and errors only")
-    parser.set_defaults(func=run)
 
 
 def options_from_args(args: argparse.Namespace) -> dict[str, object]:

@@ -183,7 +183,7 @@ def quantize_run(
 
     The accuracy check runs on the run's validation split (or ``val_dir``, a class-per-folder tree).
     """
-    from shufflenet.weights import load_model
+    from shufflenet.checkpoints import load_model
 
     model = load_model(weights, device="cpu")
     split = None if calibration_dir is not None and val_dir is not None else run_split(weights)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from shufflenet.checkpoints import load_pretrained, make_checkpoint, save_checkpoint
 from shufflenet.devices import resolve_amp
 from shufflenet.evaluation import EvalResult, eval_result, eval_sums, progress_bar
 from shufflenet.models import create_model
@@ -39,7 +40,6 @@ from shufflenet.training.state import (
     resumed_config,
     seed_everything,
 )
-from shufflenet.weights import load_pretrained, make_checkpoint, save_checkpoint
 
 log = logging.getLogger("shufflenet.training")
 

@@ -17,12 +17,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from shufflenet.checkpoints import load_checkpoint
 from shufflenet.evaluation import evaluate, write_confusion
 from shufflenet.fileio import write_text_atomic
 from shufflenet.training.config import TrainConfig
 from shufflenet.training.distributed import Distributed
 from shufflenet.training.recipes import recipe_record
-from shufflenet.weights import load_checkpoint
 
 log = logging.getLogger("shufflenet.training")
 

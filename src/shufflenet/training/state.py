@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from shufflenet.checkpoints import CheckpointError, load_checkpoint
 from shufflenet.training.config import RUNTIME_OPTIONS, TrainConfig
 from shufflenet.training.distributed import Distributed
-from shufflenet.weights import CheckpointError, load_checkpoint
 
 log = logging.getLogger("shufflenet.training")
 
