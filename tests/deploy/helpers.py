@@ -12,6 +12,13 @@ NUM_CLASSES = 4
 RUN_CLASSES = ["a", "b", "c"]  # the run folder of the `run_dir` fixture (conftest.py)
 RUN_COUNTS = {"a": 12, "b": 6, "c": 3}  # training images per class: unbalanced, so stratification shows
 
+# CPU feature sets as deploy.cpu_features() reports them, for the int8 settings chosen per CPU kind
+AVX2 = {"avx2": True}
+AVX512 = {"avx2": True, "avx512f": True}
+AVX512_VNNI = {**AVX512, "avx512_vnni": True}
+ALDER_LAKE = {"avx2": True, "avx_vnni": True}
+SAPPHIRE_RAPIDS = {**AVX512_VNNI, "avx_vnni": True, "amx_int8": True, "amx_bf16": True, "avx512_bf16": True}
+
 
 def synthetic_batch(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Noisy images of four easy classes (horizontal / vertical stripes, two colour casts)."""

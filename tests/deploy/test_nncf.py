@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from deploy.helpers import RUN_CLASSES
+from deploy.helpers import ALDER_LAKE, AVX2, AVX512, AVX512_VNNI, RUN_CLASSES, SAPPHIRE_RAPIDS
 from shufflenet import deploy
 from shufflenet.cli import main
 from shufflenet.data import read_split
@@ -22,12 +22,6 @@ from shufflenet.transforms import Preprocessing
 
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
-
-AVX2 = {"avx2": True}
-AVX512 = {"avx2": True, "avx512f": True}
-AVX512_VNNI = {**AVX512, "avx512_vnni": True}
-ALDER_LAKE = {"avx2": True, "avx_vnni": True}
-SAPPHIRE_RAPIDS = {**AVX512_VNNI, "avx_vnni": True, "amx_int8": True, "amx_bf16": True, "avx512_bf16": True}
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from deploy.helpers import assert_close_logits, reference
+from deploy.helpers import ALDER_LAKE, AVX2, AVX512, AVX512_VNNI, SAPPHIRE_RAPIDS, assert_close_logits, reference
 from shufflenet import deploy
 from shufflenet.deploy.cpu import cpu_features
 from shufflenet.deploy.quantize import choose_int8_settings
@@ -57,12 +57,6 @@ def test_calibration_of_the_wrong_size_is_refused(onnx_file: Path, tmp_path: Pat
 
 
 # ---------------------------------------------------------------------------------------------- CPU-adapted settings
-
-AVX2 = {"avx2": True}
-AVX512 = {"avx2": True, "avx512f": True}
-AVX512_VNNI = {**AVX512, "avx512_vnni": True}
-ALDER_LAKE = {"avx2": True, "avx_vnni": True}
-SAPPHIRE_RAPIDS = {**AVX512_VNNI, "avx_vnni": True, "amx_int8": True, "amx_bf16": True, "avx512_bf16": True}
 
 
 @pytest.mark.parametrize(
