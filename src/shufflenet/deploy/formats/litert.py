@@ -154,11 +154,11 @@ def export_tflite(
     meta = model_metadata(model, (3, size, size), False, class_names, preprocessing, arch)
     meta["precision"] = precision
     meta["tflite"] = tflite_preprocessing(Preprocessing.from_dict(meta["preprocessing"]))
-    # The metadata goes in before quantization: ai-edge-quantizer keeps it, and its output (weights placed
-    # after the flatbuffer) cannot be re-packed by the flatbuffers object API.
     calibration = _nhwc_calibration(calibration_data, size) if precision == "int8" else []
     if precision == "int8":
         meta["int8"] = int8_metadata(calibration)
+    # The metadata goes in before quantization: ai-edge-quantizer keeps it, and its output (weights placed
+    # after the flatbuffer) cannot be re-packed by the flatbuffers object API.
     data = add_metadata(_convert(fold_batchnorm(model), size), meta)
     if precision == "int8":
         data = _quantize_int8(data, calibration)
