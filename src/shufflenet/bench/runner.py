@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,6 +181,7 @@ def benchmark(
     rounds: int = 8,
     max_others: float | None = 0.1,
     progress: Progress | None = None,
+    files: Mapping[str, deploy.CompiledModel] | None = None,
 ) -> BenchResult:
     """Benchmark every available backend/precision of ``model`` beside torchvision eager (v2) in this process.
 
@@ -188,6 +189,8 @@ def benchmark(
     (see :func:`time_interleaved`). Sets ``torch.set_num_threads(threads)`` for the run and restores it
     afterwards. Agreement columns compare each candidate's logits on one random batch with torchvision's
     eager model (v2 widths it has) or our eager model; with random weights only max|diff| means much.
+    ``files``: runners of files made from ``model`` (an int8 file of `shufflenet quantize`, an export), by
+    label, timed beside the candidates built here.
     """
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
         raise ValueError(f"batch sizes must be integers >= 1, got {list(batch_sizes)}")
@@ -215,6 +218,8 @@ def benchmark(
             torch_compile=torch_compile,
             progress=progress,
         )
+        for label, runner in (files or {}).items():
+            candidates[label], kinds[label] = runner, (runner.backend, runner.precision)
         timing_options = {"min_time_s": min_time_s, "rounds": rounds, "max_others": max_others}
         generator = torch.Generator().manual_seed(1)
         rows: list[BenchRow] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from torch import nn
 
@@ -43,9 +44,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "torchvision's eager ShuffleNetV2 (v2) or our eager model (v1). Prints a table; JSON and PNG optional.",
     )
     parser.add_argument("--model", help="registered model name (see `shufflenet models`)")
-    parser.add_argument("--weights", metavar="FILE", help="checkpoint to load (default: random weights)")
+    parser.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="checkpoint to load (default: random weights), or an int8/exported .onnx or OpenVINO .xml to time "
+        "beside the fp32 runtimes of its checkpoint",
+    )
+    parser.add_argument(
+        "--reference",
+        metavar="CHECKPOINT",
+        help="with an .onnx/.xml --weights: the fp32 checkpoint it was made from (default: the one its metadata names)",
+    )
     parser.add_argument("--batch-sizes", type=_int_list, default=[1, 8, 32], help="e.g. 1,8,32 (default)")
-    parser.add_argument("--img-size", type=int, default=224, help="input height and width (default 224)")
+    parser.add_argument(
+        "--img-size", type=int, help="input height and width (default 224; an .onnx/.xml file: its crop size)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for every backend (default 2)")
     parser.add_argument("--backends", type=_str_list(deploy.BACKENDS), help="subset, e.g. torch,onnxruntime")
     parser.add_argument("--precisions", type=_str_list(deploy.PRECISIONS), help="subset, e.g. fp32,int8")
@@ -55,6 +68,39 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--plot", metavar="FILE.png", help="write a bar chart of throughput")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     parser.set_defaults(func=run)
+
+
+def _load_file(args: argparse.Namespace) -> tuple[nn.Module, str, dict[str, deploy.CompiledModel]]:
+    """An exported / int8 file's runner, and the fp32 checkpoint it was made from as the model to compare."""
+    meta = deploy.read_onnx_metadata(args.weights)
+    reference = args.reference or meta.get("source_checkpoint")
+    if reference is None:
+        raise ValueError(
+            f"{args.weights} does not name the checkpoint it was made from; give it with --reference CHECKPOINT"
+        )
+    if not Path(reference).is_file():
+        raise FileNotFoundError(
+            f"{reference} (the fp32 checkpoint of {args.weights}) does not exist; give it with --reference CHECKPOINT"
+        )
+    model = load_model(reference)
+    if meta.get("arch") not in (None, model.arch):
+        raise ValueError(f"{args.weights} holds a {meta['arch']} but {reference} a {model.arch}; fix --reference")
+    runner = deploy.load_onnx(args.weights, "auto", threads=args.threads)
+    return model, model.arch, {f"{runner.backend} {runner.precision} ({Path(args.weights).name})": runner}
+
+
+def _print_file_accuracy(path: str) -> None:
+    accuracy = deploy.read_onnx_metadata(path).get("int8_accuracy")
+    print(
+        f"note: max|diff| and top-1 agree compare logits on random pixels; an int8 file calibrated on real images "
+        f"clips such noise, so its agreement there says little{'' if accuracy else '.'}"
+        + (
+            f": on {accuracy['val_images']} validation images (its metadata) top-1 was int8 "
+            f"{accuracy['int8_top1']:.4f} vs fp32 {accuracy['fp32_top1']:.4f}"
+            if accuracy
+            else ""
+        )
+    )
 
 
 def _load(args: argparse.Namespace) -> tuple[nn.Module, str]:
@@ -79,7 +125,13 @@ def run(args: argparse.Namespace) -> int:
         create_model(args.model)  # raises the registry's "unknown model" error with suggestions
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    model, name = _load(args)
+    files = {}
+    if args.weights is not None and Path(args.weights).suffix in (".onnx", ".xml"):
+        model, name, files = _load_file(args)
+        args.img_size = args.img_size or model.preprocessing.crop_size
+    else:
+        model, name = _load(args)
+    args.img_size = args.img_size or 224
     progress = None if args.quiet else (lambda text: print(f"[bench] {text}", file=sys.stderr, flush=True))
     result = bench.benchmark(
         model,
@@ -92,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         torch_compile=args.torch_compile,
         min_time_s=args.time,
         progress=progress,
+        files=files,
     )
     if args.json:
         write_json(args.json, result.to_dict())
@@ -116,6 +169,8 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(bench.table_rows(result), bench.TABLE_COLUMNS))
     for note in bench.not_faster_notes(result.rows):
         print(f"note: {note}")
+    if files:
+        _print_file_accuracy(args.weights)
     print(f"\nbaseline: {result.settings['baseline']}; median latency over interleaved rounds; p10-p90 is the spread.")
     print("peak +MiB: resident-memory growth during the first run at that batch size (a lower bound).")
     print(

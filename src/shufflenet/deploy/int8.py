@@ -2,8 +2,9 @@
 
 The file (.onnx, or an OpenVINO IR .xml + .bin made by NNCF, :mod:`.ir`) carries the usual metadata plus
 ``int8`` (settings and CPU features, :mod:`.quantize`),
-``int8_calibration`` (where the images came from) and ``int8_accuracy`` (fp32 and int8 top-1 on the
-validation images); compile_for_inference, eval, predict and bench load it in place of a checkpoint.
+``int8_calibration`` (where the images came from), ``int8_accuracy`` (fp32 and int8 top-1 on the
+validation images) and ``source_checkpoint`` (the fp32 checkpoint's path); compile_for_inference, eval,
+predict and bench load it in place of a checkpoint (bench times it beside that checkpoint's fp32 runtimes).
 """
 
 from __future__ import annotations
@@ -76,12 +77,14 @@ def quantize_model(
     calibration_info: dict[str, Any] | None = None,
     overwrite: bool = False,
     accuracy_control: bool = False,
+    source_checkpoint: str | Path | None = None,
 ) -> Int8Result:
     """Quantize ``model`` for ``backend``, check top-1 fp32 vs int8, write ``out`` unless it lost > ``max_drop``.
 
     ``out`` ending in ``.xml``: an OpenVINO IR quantized by NNCF (backend openvino; with ``accuracy_control``,
     NNCF keeps the layers that cost most accuracy in fp32 until the drop is within ``max_drop``); ``.onnx``:
-    ONNX Runtime's quantizer.
+    ONNX Runtime's quantizer. ``source_checkpoint`` (recorded in the metadata) is the fp32 checkpoint
+    ``model`` came from: ``shufflenet bench --weights`` times the int8 file beside it.
     """
     out = Path(out)
     _check_output_path(out, overwrite)
@@ -119,6 +122,8 @@ def quantize_model(
             )
         accuracy = {"fp32_top1": fp32_top1, "int8_top1": int8_top1, "val_images": len(val_labels)}
         extra = {"int8_accuracy": accuracy, "int8_calibration": result.calibration}
+        if source_checkpoint is not None:
+            extra["source_checkpoint"] = str(Path(source_checkpoint).resolve())
         if ir:
             save_ir(read_ir_model(int8), out, extra)
         else:
@@ -213,4 +218,5 @@ def quantize_run(
         calibration_info=info,
         overwrite=overwrite,
         accuracy_control=accuracy_control,
+        source_checkpoint=weights,
     )
