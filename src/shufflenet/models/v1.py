@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from shufflenet import tables
-from shufflenet.models.ops import ClassifierMixin, channel_shuffle, check_num_classes, conv_bn, make_divisible
+from shufflenet.models.ops import ClassifierMixin, channel_shuffle, check_num_classes, conv_bn, make_divisible, stem
 
 SHUFFLE_ORDERS = ("paper", "megvii")
 
@@ -103,6 +103,7 @@ class ShuffleNetV1(ClassifierMixin, nn.Module):
         num_classes: int = 1000,
         in_chans: int = 3,
         shuffle_order: str = "paper",
+        small_input: bool = False,
     ) -> None:
         super().__init__()
         check_num_classes(num_classes)
@@ -114,8 +115,9 @@ class ShuffleNetV1(ClassifierMixin, nn.Module):
         self.num_classes = num_classes
         self.stage_out_channels = list(channels)
 
-        self.conv1 = conv_bn(in_chans, channels[0], 3, stride=2)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        # small_input: the tiny-image stem (ops.stem; off by default, the paper's stem is stride 4).
+        self.small_input = small_input
+        self.conv1, self.maxpool, self.stem_reduction = stem(in_chans, channels[0], small_input)
         self.stage2: nn.Sequential
         self.stage3: nn.Sequential
         self.stage4: nn.Sequential
@@ -132,6 +134,6 @@ class ShuffleNetV1(ClassifierMixin, nn.Module):
         self.fc = nn.Linear(in_channels, num_classes)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """Feature map after stage 4 (N, num_features, H/32, W/32)."""
+        """Feature map after stage 4 (N, num_features, H/32, W/32; H/16 with small_input)."""
         x = self.maxpool(self.conv1(x))
         return self.stage4(self.stage3(self.stage2(x)))

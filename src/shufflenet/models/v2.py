@@ -9,7 +9,14 @@ import torch
 from torch import Tensor, nn
 
 from shufflenet import tables
-from shufflenet.models.ops import ClassifierMixin, channel_shuffle, check_num_classes, conv_bn, interleave_channels
+from shufflenet.models.ops import (
+    ClassifierMixin,
+    channel_shuffle,
+    check_num_classes,
+    conv_bn,
+    interleave_channels,
+    stem,
+)
 
 
 class InvertedResidual(nn.Module):
@@ -67,6 +74,7 @@ class ShuffleNetV2(ClassifierMixin, nn.Module):
         num_classes: int = 1000,
         in_chans: int = 3,
         stages_repeats: tuple[int, int, int] = tables.V2_STAGE_REPEATS,
+        small_input: bool = False,
     ) -> None:
         super().__init__()
         check_num_classes(num_classes)
@@ -81,8 +89,9 @@ class ShuffleNetV2(ClassifierMixin, nn.Module):
         self.num_classes = num_classes
         self.stage_out_channels = list(channels)
 
-        self.conv1 = conv_bn(in_chans, channels[0], 3, stride=2)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        # small_input: the tiny-image stem (ops.stem; off by default, the paper's stem is stride 4).
+        self.small_input = small_input
+        self.conv1, self.maxpool, self.stem_reduction = stem(in_chans, channels[0], small_input)
         self.stage2: nn.Sequential
         self.stage3: nn.Sequential
         self.stage4: nn.Sequential
@@ -97,7 +106,7 @@ class ShuffleNetV2(ClassifierMixin, nn.Module):
         self.fc = nn.Linear(channels[4], num_classes)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """Feature map after conv5 (N, num_features, H/32, W/32)."""
+        """Feature map after conv5 (N, num_features, H/32, W/32; H/16 with small_input)."""
         x = self.maxpool(self.conv1(x))
         x = self.stage4(self.stage3(self.stage2(x)))
         return self.conv5(x)
