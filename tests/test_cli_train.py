@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from conftest import rerun_in_fresh_interpreter, signal_during_training
+from shufflenet.checkpoints import load_checkpoint, load_model
 from shufflenet.cli import main
 
 TINY = [
@@ -60,6 +61,26 @@ def test_train_prints_summary_and_resume_adds_epochs(
     with open(run / "metrics.csv", newline="") as f:
         assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2"]
     assert json.loads((run / "config.json").read_text())["options"]["epochs"] == 2
+
+
+def test_small_input_lands_in_config_and_checkpoints_and_eval_rebuilds_it(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    data, default_run = trained
+    assert load_checkpoint(default_run / "best.pt")["model_kwargs"] == {}  # the paper's model, as before
+    assert json.loads((default_run / "config.json").read_text())["options"]["small_input"] is False
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), "--epochs", "1", "--small-input", *TINY]) == 0
+    assert json.loads((run / "config.json").read_text())["options"]["small_input"] is True
+    for name in ("best.pt", "last.pt"):
+        assert load_checkpoint(run / name)["model_kwargs"] == {"small_input": True}
+    model = load_model(run / "best.pt")
+    assert model.small_input is True and isinstance(model.maxpool, torch.nn.Identity)
+    report = tmp_path / "report.json"
+    assert main(["eval", "--weights", str(run / "best.pt"), "--data", str(data), "--json", str(report), "--quiet"]) == 0
+    # A resumed run keeps the stem it was started with.
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--device", "cpu", "--quiet"]) == 0
+    assert load_checkpoint(run / "last.pt")["model_kwargs"] == {"small_input": True}
 
 
 def test_existing_run_folder_is_a_one_line_error(

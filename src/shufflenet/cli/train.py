@@ -36,6 +36,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "options given explicitly override it",
     )
     parser.add_argument("--freeze-backbone", action="store_true", default=None, help="train the classifier only")
+    parser.add_argument(
+        "--small-input",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="tiny-image stem for 32-64 px images: conv1 without the max-pool (stride 16, not the paper's 32; "
+        "docs/training.md)",
+    )
     _add_optimization_options(parser.add_argument_group("optimization"))
     _add_augmentation_options(parser.add_argument_group("images and augmentation"))
     _add_machine_options(parser.add_argument_group("machine"))

@@ -47,6 +47,7 @@ class TrainConfig:
     model: str = "shufflenet_v2_x1_0"
     weights: str | None = None  # pretrained .pth/.safetensors; the classifier is re-initialised if needed
     freeze_backbone: bool = False  # train the classifier only (linear evaluation)
+    small_input: bool = False  # the tiny-image stem (no max-pool, models' small_input) for 32-64 px images
     epochs: int = 5
     batch_size: int = 32  # per process under torchrun
     lr: float = 1e-4
@@ -119,6 +120,8 @@ class TrainConfig:
             raise ValueError(f"check_every must be >= 1, got {self.check_every}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if not isinstance(self.small_input, bool):
+            raise ValueError(f"small_input must be True or False, got {self.small_input!r}")
         if not self.out:
             raise ValueError("no run folder given: pass --out RUN (e.g. runs/exp1)")
         if self.resume and self.overwrite:

@@ -164,7 +164,7 @@ def _train_in_run_dir(
         )
     tensorboard = run_folder.tensorboard_writer(run_dir) if dist.is_main else None
     checkpoint = partial(
-        make_checkpoint, raw_model, cfg.model, class_names, data.preprocessing, {}, config=cfg.to_dict()
+        make_checkpoint, raw_model, cfg.model, class_names, data.preprocessing, model_kwargs(cfg), config=cfg.to_dict()
     )
 
     def save_last(epoch: int, step: int, sums: torch.Tensor, seconds: float) -> None:
@@ -290,7 +290,9 @@ def _evaluate_ema(
 
 def _save_best_ema(run_dir: Path, ema: nn.Module, cfg: TrainConfig, data: TrainData, row: dict[str, float]) -> None:
     """best_ema.pt: the EMA weights of the epoch in ``row``, a checkpoint like best.pt."""
-    best = make_checkpoint(ema, cfg.model, data.class_names, data.preprocessing, {}, config=cfg.to_dict(), ema=True)
+    best = make_checkpoint(
+        ema, cfg.model, data.class_names, data.preprocessing, model_kwargs(cfg), config=cfg.to_dict(), ema=True
+    )
     save_checkpoint(run_dir / "best_ema.pt", {**best, "epoch": row["epoch"], "val_acc": row["val_acc_ema"]})
 
 
@@ -356,9 +358,16 @@ def _log_setup(dist: Distributed, amp_dtype: torch.dtype | None, channels_last: 
     )
 
 
+def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    """The model options of the run beyond its name (checkpoints record them; load_model rebuilds from them)."""
+    return {"small_input": True} if cfg.small_input else {}  # none by default: the papers' model, as before
+
+
 def _build_model(cfg: TrainConfig, num_classes: int, pretrained: bool, dist: Distributed) -> nn.Module:
     """The architecture with ``cfg.weights`` loaded (unless resuming), SyncBatchNorm and frozen backbone if asked."""
-    model = create_model(cfg.model, num_classes=num_classes)
+    model = create_model(cfg.model, num_classes=num_classes, **model_kwargs(cfg))
+    if cfg.small_input:
+        log.info("model: %s with the tiny-image stem (small_input: no max-pool, output stride 16)", cfg.model)
     if cfg.sync_bn and dist.world_size > 1:
         if dist.device.type != "cuda":
             raise ValueError("--sync-bn needs CUDA GPUs: PyTorch's SyncBatchNorm does not run on CPUs; drop --sync-bn")
