@@ -151,6 +151,19 @@ def test_scratch_augmentation_follows_the_image_size() -> None:
     assert small["crop_scale"] > large["crop_scale"]
 
 
+def test_scratch_builds_the_tiny_image_stem_up_to_64_px_only() -> None:
+    assert [recipe_values("scratch", size)["small_input"] for size in (32, 64, 65, 224)] == [True, True, False, False]
+    assert not any(recipe_values(name, 32)["small_input"] for name in RECIPES if name != "scratch")
+    small, notes = resolve_recipe(TrainConfig(out="run", img_size=32), {"img_size"})
+    assert small.small_input is True and "small_input=True" in notes[0]
+    paper, notes = resolve_recipe(TrainConfig(out="run", img_size=32), {"img_size", "small_input"})
+    assert paper.small_input is False and "small_input" not in notes[0]
+    finetune, _ = resolve_recipe(TrainConfig(out="run", img_size=32, weights="w.pth"), {"img_size", "weights"})
+    assert finetune.small_input is False  # ImageNet weights were trained with the papers' stem
+    with pytest.raises(ValueError, match="small_input must be True or False"):
+        TrainConfig(out="run", small_input="yes").validate()
+
+
 def test_torchvision_recipe_runs_ema_mixup_and_resumes_with_its_recipe(image_tree: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     small = {**TINY, "img_size": 32, "eval_size": 32, "batch_size": 8, "lr": 0.05, "ema_epochs": 0.5}
