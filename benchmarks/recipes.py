@@ -165,8 +165,7 @@ def main() -> None:
     for name, data in dirs.items():
         for label, stem in itertools.product(args.configs, args.stems):
             options = {**DATASETS[name], "ema_epochs": EMA_EPOCHS, **CONFIGS[label]}
-            # The stem is the variant's (the scratch recipe would build small_input itself up to 64 px).
-            options.update(model=stem_model(options["model"], stem), small_input=False)
+            options["model"] = stem_model(options["model"], stem)
             runs = []
             for seed in args.seeds:
                 out = args.root / "runs" / f"{name}-{list(CONFIGS).index(label)}-{stem}-{seed}"

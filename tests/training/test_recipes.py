@@ -151,15 +151,15 @@ def test_scratch_augmentation_follows_the_image_size() -> None:
     assert small["crop_scale"] > large["crop_scale"]
 
 
-def test_scratch_builds_the_tiny_image_stem_up_to_64_px_only() -> None:
-    assert [recipe_values("scratch", size)["small_input"] for size in (32, 64, 65, 224)] == [True, True, False, False]
-    assert not any(recipe_values(name, 32)["small_input"] for name in RECIPES if name != "scratch")
-    small, notes = resolve_recipe(TrainConfig(out="run", img_size=32), {"img_size"})
-    assert small.small_input is True and "small_input=True" in notes[0]
-    paper, notes = resolve_recipe(TrainConfig(out="run", img_size=32), {"img_size", "small_input"})
-    assert paper.small_input is False and "small_input" not in notes[0]
-    finetune, _ = resolve_recipe(TrainConfig(out="run", img_size=32, weights="w.pth"), {"img_size", "weights"})
-    assert finetune.small_input is False  # ImageNet weights were trained with the papers' stem
+def test_tiny_images_suggest_the_small_input_stem_but_every_recipe_builds_the_papers_model() -> None:
+    for name in RECIPES:
+        cfg, notes = resolve_recipe(TrainConfig(out="run", recipe=name, img_size=32), {"recipe", "img_size"})
+        assert cfg.small_input is False
+        assert any("--small-input" in note for note in notes)
+    _, notes = resolve_recipe(TrainConfig(out="run", img_size=65), {"img_size"})
+    assert not any("--small-input" in note for note in notes)
+    cfg, notes = resolve_recipe(TrainConfig(out="run", img_size=32, small_input=True), {"img_size", "small_input"})
+    assert cfg.small_input is True and not any("--small-input" in note for note in notes)
     with pytest.raises(ValueError, match="small_input must be True or False"):
         TrainConfig(out="run", small_input="yes").validate()
 

@@ -20,9 +20,6 @@ DEMO_OPTIONS = {
     "warmup_epochs": 1.0,
     "crop_scale": 0.6,
     "hflip": False,  # a mirrored 2 or 5 is another symbol
-    # The papers' stem: the demo's figures in README and docs/{training,deploy,mobile}.md were measured with it
-    # (the scratch recipe's tiny-image stem, on by default at 32 px, scores higher: docs/training.md).
-    "small_input": False,
     # At 32 px the ops are too small to gain much from a second thread, and two threads slow down many
     # times over when the machine is busy with anything else (docs/training.md); one keeps the time bounded.
     "threads": 1,

@@ -40,8 +40,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--small-input",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="tiny-image stem: conv1 without the max-pool, output stride 16 instead of the papers' 32 (recipe's: "
-        "scratch turns it on for --img-size <= 64; docs/training.md)",
+        help="tiny-image stem for 32-64 px images: conv1 without the max-pool (stride 16, not the paper's 32; "
+        "docs/training.md)",
     )
     _add_optimization_options(parser.add_argument_group("optimization"))
     _add_augmentation_options(parser.add_argument_group("images and augmentation"))

@@ -47,7 +47,7 @@ class TrainConfig:
     model: str = "shufflenet_v2_x1_0"
     weights: str | None = None  # pretrained .pth/.safetensors; the classifier is re-initialised if needed
     freeze_backbone: bool = False  # train the classifier only (linear evaluation)
-    small_input: bool = False  # tiny-image stem (models' small_input: no max-pool); scratch: on up to 64 px
+    small_input: bool = False  # the tiny-image stem (no max-pool, models' small_input) for 32-64 px images
     epochs: int = 5
     batch_size: int = 32  # per process under torchrun
     lr: float = 1e-4
