@@ -146,9 +146,7 @@ def export_onnx(
     for node in proto.graph.node:
         # Stack traces and local file paths of the exporting machine do not belong in a shipped file.
         del node.metadata_props[:]
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = METADATA_PREFIX + key, json.dumps(value)
+    _set_metadata(proto, meta)
     proto.producer_name = "shufflenet"
     onnx.checker.check_model(proto)
     with _atomic_path(path) as tmp_path:
@@ -176,21 +174,47 @@ def _load_onnx_proto(path: str | Path) -> Any:
     return proto
 
 
+def _set_metadata(proto: Any, values: dict[str, Any]) -> None:
+    """Set ``values`` as ``shufflenet.*`` entries (JSON) of an ONNX ``proto``, replacing entries of the same keys."""
+    entries = {e.key: e.value for e in proto.metadata_props}
+    entries.update({METADATA_PREFIX + key: json.dumps(value) for key, value in values.items()})
+    del proto.metadata_props[:]
+    for key, value in entries.items():
+        proto.metadata_props.add(key=key, value=value)
+
+
+def add_onnx_metadata(path: str | Path, values: dict[str, Any]) -> None:
+    """Add ``values`` to the ``shufflenet.*`` metadata of the ONNX file at ``path`` (same keys are replaced)."""
+    onnx = _require_onnx()
+    proto = onnx.load(str(path))
+    _set_metadata(proto, values)
+    onnx.save(proto, str(path))
+
+
+def _metadata_values(proto: Any, where: str | Path) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    for entry in proto.metadata_props:
+        if entry.key.startswith(METADATA_PREFIX):
+            try:
+                meta[entry.key[len(METADATA_PREFIX) :]] = json.loads(entry.value)
+            except json.JSONDecodeError:
+                raise DeployError(f"{where}: metadata key {entry.key!r} is not valid JSON") from None
+    return meta
+
+
+def onnx_metadata_values(path: str | Path) -> dict[str, Any]:
+    """The ``shufflenet.*`` metadata of an exported file as plain JSON values (an IR's from its rt_info)."""
+    if is_ir(path):
+        return ir_metadata(read_ir_model(path), path)
+    return _metadata_values(_load_onnx_proto(path), path)
+
+
 def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
     """The ``shufflenet.*`` metadata of an exported file (class_names, preprocessing as a Preprocessing, ...).
 
     An OpenVINO IR (``.xml``, :mod:`.ir`) gives the same keys from its rt_info.
     """
-    meta: dict[str, Any] = {}
-    entries = [] if is_ir(path) else _load_onnx_proto(path).metadata_props
-    if is_ir(path):
-        meta = ir_metadata(read_ir_model(path), path)
-    for entry in entries:
-        if entry.key.startswith(METADATA_PREFIX):
-            try:
-                meta[entry.key[len(METADATA_PREFIX) :]] = json.loads(entry.value)
-            except json.JSONDecodeError:
-                raise DeployError(f"{path}: metadata key {entry.key!r} is not valid JSON") from None
+    meta = onnx_metadata_values(path)
     if "preprocessing" in meta:
         meta["preprocessing"] = Preprocessing.from_dict(meta["preprocessing"])
     return meta

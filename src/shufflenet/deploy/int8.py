@@ -9,7 +9,6 @@ predict and bench load it in place of a checkpoint (bench times it beside that c
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -23,8 +22,14 @@ from torch import Tensor, nn
 from shufflenet.data import Sample, scan_image_folder
 from shufflenet.deploy.calibration import folder_samples, load_batches, run_split, stratified_sample
 from shufflenet.deploy.errors import DeployError
-from shufflenet.deploy.export import METADATA_PREFIX, _check_output_path, export_onnx, read_onnx_metadata
-from shufflenet.deploy.ir import IR_SUFFIX, is_ir, nncf_quantize, onnx_metadata_values, read_ir_model, save_ir
+from shufflenet.deploy.export import (
+    _check_output_path,
+    add_onnx_metadata,
+    export_onnx,
+    onnx_metadata_values,
+    read_onnx_metadata,
+)
+from shufflenet.deploy.ir import IR_SUFFIX, is_ir, nncf_quantize, read_ir_model, save_ir
 from shufflenet.deploy.quantize import _QUANT_FORMAT, _calibration_batches, choose_int8_settings, quantize_onnx
 from shufflenet.deploy.select import load_onnx
 
@@ -127,7 +132,7 @@ def quantize_model(
         if ir:
             save_ir(read_ir_model(int8), out, extra)
         else:
-            _add_metadata(int8, extra)
+            add_onnx_metadata(int8, extra)
             shutil.move(str(int8), str(out))
     return result
 
@@ -160,15 +165,6 @@ def _nncf_ir(
     meta = onnx_metadata_values(fp32)
     meta["int8"] = {**settings.to_dict(), "accuracy_control": control is not None}
     return save_ir(int8, dst, meta)
-
-
-def _add_metadata(path: Path, extra: dict[str, Any]) -> None:
-    import onnx
-
-    proto = onnx.load(str(path))
-    for key, value in extra.items():
-        proto.metadata_props.add(key=METADATA_PREFIX + key, value=json.dumps(value))
-    onnx.save(proto, str(path))
 
 
 def quantize_run(

@@ -22,12 +22,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from shufflenet.deploy.backends import _require, _require_onnx
+from shufflenet.deploy.backends import _require
 from shufflenet.deploy.errors import DeployError, _first_line
 
 IR_SUFFIX = ".xml"
 RT_INFO_SECTION = "shufflenet"
-_ONNX_PREFIX = "shufflenet."  # == export.METADATA_PREFIX (export imports this module, not the reverse)
 
 
 @functools.cache
@@ -92,15 +91,6 @@ def save_ir(model: Any, path: str | Path, metadata: dict[str, Any]) -> Path:
         os.replace(staged.with_suffix(".bin"), path.with_suffix(".bin"))
         os.replace(staged, path)
     return path
-
-
-def onnx_metadata_values(path: str | Path) -> dict[str, Any]:
-    """The ``shufflenet.*`` metadata of an ONNX file as plain JSON values, keys without the prefix."""
-    onnx = _require_onnx()
-    proto = onnx.load(str(path), load_external_data=False)
-    return {
-        e.key[len(_ONNX_PREFIX) :]: json.loads(e.value) for e in proto.metadata_props if e.key.startswith(_ONNX_PREFIX)
-    }
 
 
 def _require_nncf() -> Any:

@@ -25,7 +25,13 @@ from torch import Tensor
 
 from shufflenet.deploy.backends import _require
 from shufflenet.deploy.cpu import cpu_features, describe_cpu, has_vnni
-from shufflenet.deploy.export import METADATA_PREFIX, _atomic_path, _check_output_path, _load_onnx_proto
+from shufflenet.deploy.export import (
+    _atomic_path,
+    _check_output_path,
+    _load_onnx_proto,
+    _metadata_values,
+    add_onnx_metadata,
+)
 from shufflenet.deploy.inputs import check_batch
 
 # ONNX Runtime runs the QOperator form (QLinearConv...) fastest; OpenVINO reads only the QDQ form.
@@ -139,9 +145,6 @@ def quantize_onnx(
     dst = Path(dst)
     _check_output_path(dst, overwrite)
     settings = choose_int8_settings("onnxruntime" if quant_format == "qoperator" else "openvino")
-    settings = replace(
-        settings, tool="onnxruntime.quantization", quant_format=quant_format, preset=None, overflow_fix=None
-    )
     if reduce_range is not None and reduce_range != settings.reduce_range:
         reason = f"reduce_range={reduce_range} as asked (this CPU: {describe_cpu(settings.cpu)})"
         settings = replace(settings, reduce_range=reduce_range, reason=reason)
@@ -181,23 +184,5 @@ def quantize_onnx(
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
             )
-            _copy_metadata(proto, tmp_path, {"int8": settings.to_dict()})
+            add_onnx_metadata(tmp_path, {**_metadata_values(proto, src), "int8": settings.to_dict()})
     return dst
-
-
-def _copy_metadata(source: Any, path: Path, extra: dict[str, Any]) -> None:
-    """Put ``source``'s ``shufflenet.*`` metadata and ``extra`` into the ONNX file at ``path``."""
-    import json
-
-    import onnx
-
-    proto = onnx.load(str(path))
-    keep = {e.key: e.value for e in source.metadata_props if e.key.startswith(METADATA_PREFIX)}
-    keep.update({METADATA_PREFIX + k: json.dumps(v) for k, v in extra.items()})
-    old = [e for e in proto.metadata_props if e.key not in keep]
-    del proto.metadata_props[:]
-    for entry in old:
-        proto.metadata_props.add(key=entry.key, value=entry.value)
-    for key, value in keep.items():
-        proto.metadata_props.add(key=key, value=value)
-    onnx.save(proto, str(path))

@@ -47,9 +47,10 @@ def load_onnx(
         if backend not in ("auto", "openvino"):
             raise ValueError(f"{path} is an OpenVINO IR; it runs on backend 'openvino', not {backend!r}")
         backend = "openvino"
+    meta = read_onnx_metadata(path) if backend == "auto" else None
     if backend == "auto":
         backend = "openvino" if precision == "bf16" else "onnxruntime"
-        made_for = (read_onnx_metadata(path).get("int8") or {}).get("backend")
+        made_for = (meta.get("int8") or {}).get("backend")
         backend = made_for if made_for in RUNTIMES else backend
         if not backend_available(backend):
             backend = next((b for b in available_backends() if RUNTIMES[b].source == "onnx"), backend)
@@ -63,7 +64,7 @@ def load_onnx(
         )
     _check_supported(backend, precision)
     _require(backend)
-    meta = read_onnx_metadata(path)
+    meta = read_onnx_metadata(path) if meta is None else meta
     source = Path(path)
     if meta.get("int8"):  # already quantized (`shufflenet quantize`): runs as it is
         if precision not in ("fp32", "int8"):
