@@ -29,11 +29,13 @@ TORCHSCRIPT_META = "shufflenet.json"
 FORMAT_VERSION = 1
 
 
-def _check_output_path(path: Path, overwrite: bool) -> None:
+def _check_output_path(path: Path, overwrite: bool, directory: bool = False) -> None:
+    """Refuse to replace an existing output unless ``overwrite``, or one of the other kind; the parent must exist."""
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
-    if path.exists() and path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory; give a file name")
+    if path.exists() and path.is_dir() != directory:
+        kind = "a file" if directory else "a directory"
+        raise FileExistsError(f"{path} is {kind}; give a {'folder' if directory else 'file'} name")
     if not path.parent.exists():
         raise FileNotFoundError(f"directory {path.parent} does not exist; create it first")
 

@@ -98,7 +98,9 @@ def choose_int8_settings(
     )
 
 
-def _calibration_batches(calibration_data: Iterable[Tensor | np.ndarray] | None, channels: int = 3) -> list[np.ndarray]:
+def _calibration_batches(
+    calibration_data: Iterable[Tensor | np.ndarray] | None, channels: int = 3, spatial: tuple[int, int] | None = None
+) -> list[np.ndarray]:
     """Materialise calibration batches as float32 NCHW arrays, with clear errors for bad data."""
     if calibration_data is None:
         raise ValueError(
@@ -114,7 +116,7 @@ def _calibration_batches(calibration_data: Iterable[Tensor | np.ndarray] | None,
         if isinstance(batch, np.ndarray):
             batch = torch.from_numpy(batch)
         try:
-            batches.append(check_batch(batch, channels).numpy())
+            batches.append(check_batch(batch, channels, spatial).numpy())
         except (TypeError, ValueError) as err:
             raise type(err)(f"calibration_data batch {i}: {err}") from None
     if not batches:

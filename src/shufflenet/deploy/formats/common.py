@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
-from collections.abc import Callable, Mapping
+import io
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,15 +57,35 @@ def module_available(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def check_output(path: Path, overwrite: bool, directory: bool = False) -> None:
-    """Refuse to replace an existing output unless ``overwrite``; the parent folder must exist."""
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
-    if path.exists() and path.is_dir() != directory:
-        kind = "a file" if directory else "a directory"
-        raise FileExistsError(f"{path} is {kind}; give a {'folder' if directory else 'file'} name")
-    if not path.parent.exists():
-        raise FileNotFoundError(f"directory {path.parent} does not exist; create it first")
+@contextlib.contextmanager
+def staged_folder(path: Path) -> Iterator[Path]:
+    """A folder path to write an export into; it replaces ``path`` (an existing one only then) once the block ends.
+
+    The staged folder's parent is a private temporary folder beside ``path``, free for intermediate files.
+    """
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
+        staged = Path(tmp) / path.name
+        yield staged
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(staged, path)
+
+
+@contextlib.contextmanager
+def quiet(*loggers: str) -> Iterator[None]:
+    """No prints, warnings or log lines below ERROR from a converter: the library stays quiet."""
+    handles = [logging.getLogger(name) for name in loggers]
+    levels = [logger.level for logger in handles]
+    for logger in handles:
+        logger.setLevel(logging.ERROR)
+    try:
+        out, err = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
+        with out, err, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(handles, levels, strict=True):
+            logger.setLevel(level)
 
 
 def verification_batch(model: nn.Module, img_size: int, seed: int = 0) -> Tensor:

@@ -8,12 +8,7 @@ is a classifier: ``classLabel`` and ``classLabel_probs`` (softmax probabilities)
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import shutil
-import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from shufflenet.deploy.errors import DeployError
-from shufflenet.deploy.export import model_metadata
+from shufflenet.deploy.export import _check_output_path, model_metadata
 from shufflenet.deploy.folding import fold_batchnorm
-from shufflenet.deploy.formats.common import ExportResult, check_output, crop_size, require
+from shufflenet.deploy.formats.common import ExportResult, crop_size, quiet, require, staged_folder
 from shufflenet.transforms import Preprocessing
 
 INPUT_NAME = "image"
@@ -46,8 +41,7 @@ class _NormalizeAndSoftmax(nn.Module):
 
 def _coremltools(what: str) -> Any:
     """coremltools, imported without its notes about the macOS-only runtime and untested versions."""
-    with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet():
         return require("coremltools", what)
 
 
@@ -69,7 +63,7 @@ def export_coreml(
     path = Path(path)
     if path.suffix != ".mlpackage":
         raise ValueError(f"a Core ML ML program is a folder ending in .mlpackage, got {path.name!r}")
-    check_output(path, overwrite, directory=True)
+    _check_output_path(path, overwrite, directory=True)
     size = crop_size(model, img_size)
     meta = model_metadata(model, (3, size, size), False, class_names, preprocessing, arch)
     prep = Preprocessing.from_dict(meta["preprocessing"])
@@ -81,9 +75,7 @@ def export_coreml(
         bias=[0.0, 0.0, 0.0],
         color_layout=ct.colorlayout.BGR if prep.channel_order == "BGR" else ct.colorlayout.RGB,
     )
-    quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
-    with quiet[0], quiet[1], warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet():
         try:
             program = torch.export.export(wrapped, (torch.zeros(1, 3, size, size),)).run_decompositions({})
             mlmodel = ct.convert(
@@ -98,12 +90,8 @@ def export_coreml(
             raise DeployError(f"coremltools could not convert the model: {str(err).strip()[:300]}") from err
     mlmodel.short_description = f"{meta['arch']}: {len(meta['class_names'])} classes"
     mlmodel.user_defined_metadata[METADATA_KEY] = json.dumps(meta)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
-        staged = Path(tmp) / path.name
+    with staged_folder(path) as staged:
         mlmodel.save(str(staged))
-        if path.exists():
-            shutil.rmtree(path)  # overwrite=True; replaced only once the new package is written
-        staged.rename(path)
     return ExportResult(path, [path], note="Core ML runs only on Apple platforms; not verified in a runtime here")
 
 

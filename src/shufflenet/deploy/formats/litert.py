@@ -6,13 +6,8 @@ The ``.tflite`` file takes NHWC float32 input (N, H, W, 3), as Android bitmaps c
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
-import os
 import tempfile
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -22,9 +17,10 @@ import torch
 from torch import Tensor, nn
 
 from shufflenet.deploy.errors import DeployError
-from shufflenet.deploy.export import model_metadata
+from shufflenet.deploy.export import _atomic_path, _check_output_path, model_metadata
 from shufflenet.deploy.folding import fold_batchnorm
-from shufflenet.deploy.formats.common import ExportResult, check_output, crop_size, require, verification_batch, verify
+from shufflenet.deploy.formats.common import ExportResult, crop_size, quiet, require, verification_batch, verify
+from shufflenet.deploy.quantize import _calibration_batches
 from shufflenet.deploy.runtimes.litert import METADATA_NAME, TFLITE_IDENTIFIER, load_tflite
 from shufflenet.transforms import Preprocessing
 
@@ -42,34 +38,21 @@ def tflite_preprocessing(preprocessing: Preprocessing) -> dict[str, Any]:
     }
 
 
+# litert-torch prints progress lines, warns and logs through these.
+_LOGGERS = ("absl", "litert_torch", "jax")
+
+
 def _convert(module: nn.Module, size: int) -> bytes:
     """The fp32 .tflite bytes of ``module`` with an NHWC input of ``size`` x ``size``."""
     litert_torch = require("litert_torch", "TFLite export")
     nhwc = litert_torch.to_channel_last_io(module, args=[0])
-    with tempfile.TemporaryDirectory() as tmp, _quiet():
+    with tempfile.TemporaryDirectory() as tmp, quiet(*_LOGGERS):
         try:
             converted = litert_torch.convert(nhwc.eval(), (torch.zeros(1, size, size, 3),))
             converted.export(str(Path(tmp) / "model.tflite"))
         except Exception as err:
             raise DeployError(f"litert-torch could not convert the model: {str(err).strip()[:300]}") from err
         return (Path(tmp) / "model.tflite").read_bytes()
-
-
-@contextlib.contextmanager
-def _quiet() -> Any:
-    """litert-torch prints progress lines and warns; the library stays quiet."""
-    loggers = [logging.getLogger(name) for name in ("absl", "litert_torch", "jax")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
-        with quiet[0], quiet[1], warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
 
 
 # The calibration ai-edge-quantizer's Quantizer.calibrate runs keeps a moving average (0.95) of each tensor's
@@ -90,7 +73,7 @@ def _quantize_int8(float_model: bytes, calibration: list[np.ndarray]) -> bytes:
     (name,) = Interpreter(model_content=float_model).get_signature_runner().get_input_details()
     samples = [{name: image[None]} for batch in calibration for image in batch]
     rules = recipe.static_wi8_ai8()
-    with _quiet():
+    with quiet(*_LOGGERS):
         manager = recipe_manager.RecipeManager()
         manager.load_quantization_recipe(rules)
         calib = calibrator.Calibrator(float_model, qsv_update_func=qsv_utils.min_max_update)
@@ -149,7 +132,7 @@ def export_tflite(
     if precision not in ("fp32", "int8"):
         raise ValueError(f"TFLite export writes precision 'fp32' or 'int8', not {precision!r}")
     path = Path(path)
-    check_output(path, overwrite)
+    _check_output_path(path, overwrite)
     size = crop_size(model, img_size)
     meta = model_metadata(model, (3, size, size), False, class_names, preprocessing, arch)
     meta["precision"] = precision
@@ -162,10 +145,8 @@ def export_tflite(
     data = add_metadata(_convert(fold_batchnorm(model), size), meta)
     if precision == "int8":
         data = _quantize_int8(data, calibration)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as file:
-        file.write(data)
-    os.replace(tmp, path)
+    with _atomic_path(path) as tmp:
+        tmp.write_bytes(data)
     result = ExportResult(path, [path])
     if verify_export:
         result.runtime = "litert"
@@ -174,16 +155,6 @@ def export_tflite(
 
 
 def _nhwc_calibration(calibration_data: Iterable[Tensor] | None, size: int) -> list[np.ndarray]:
-    if calibration_data is None:
-        raise ValueError("precision='int8' needs calibration_data: float NCHW batches of your own images")
-    batches = []
-    for i, batch in enumerate(calibration_data):
-        if isinstance(batch, (tuple, list)):
-            batch = batch[0]  # (images, labels) from a DataLoader
-        if not isinstance(batch, Tensor) or batch.dim() != 4 or tuple(batch.shape[1:]) != (3, size, size):
-            shape = tuple(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
-            raise ValueError(f"calibration_data batch {i} is {shape}; expected float (N, 3, {size}, {size})")
-        batches.append(batch.float().permute(0, 2, 3, 1).contiguous().numpy())
-    if not batches:
-        raise ValueError("calibration_data is empty; give at least one batch of images for int8 calibration")
-    return batches
+    """Calibration batches checked as for every int8 path, then NHWC as the .tflite takes them."""
+    batches = _calibration_batches(calibration_data, spatial=(size, size))
+    return [np.ascontiguousarray(batch.transpose(0, 2, 3, 1)) for batch in batches]

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,9 +19,16 @@ import torch
 from torch import Tensor, nn
 
 from shufflenet.deploy.errors import DeployError
-from shufflenet.deploy.export import model_metadata
+from shufflenet.deploy.export import _check_output_path, model_metadata
 from shufflenet.deploy.folding import fold_batchnorm
-from shufflenet.deploy.formats.common import ExportResult, check_output, crop_size, require, verification_batch, verify
+from shufflenet.deploy.formats.common import (
+    ExportResult,
+    crop_size,
+    require,
+    staged_folder,
+    verification_batch,
+    verify,
+)
 from shufflenet.deploy.runtimes.ncnn import BIN_FILE, META_FILE, PARAM_FILE, load_ncnn
 from shufflenet.transforms import Preprocessing
 
@@ -92,22 +97,18 @@ def export_ncnn(
     with PyTorch on a seeded batch: ``result.verification`` holds max abs diff and top-1 agreement.
     """
     out_dir = Path(out_dir)
-    check_output(out_dir, overwrite, directory=True)
+    _check_output_path(out_dir, overwrite, directory=True)
     size = crop_size(model, img_size)
     module = fold_batchnorm(model)
     meta = model_metadata(model, (3, size, size), False, class_names, preprocessing, arch)
     prep = Preprocessing.from_dict(meta["preprocessing"])
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as tmp:
-        param, weights = _convert(module, torch.zeros(1, 3, size, size), Path(tmp))
+    with staged_folder(out_dir) as staging:
+        param, weights = _convert(module, torch.zeros(1, 3, size, size), staging.parent)
         meta["ncnn"] = {**_blob_names(param), **ncnn_preprocessing(prep)}
-        staging = Path(tmp) / "export"
         staging.mkdir()
         os.replace(param, staging / PARAM_FILE)
         os.replace(weights, staging / BIN_FILE)
         (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)  # overwrite=True; replaced only once the new export is complete
-        os.replace(staging, out_dir)
     result = ExportResult(out_dir, [out_dir / PARAM_FILE, out_dir / BIN_FILE, out_dir / META_FILE])
     if verify_export:
         result.runtime = "ncnn"
