@@ -302,6 +302,40 @@ def test_cli_export_ncnn_prints_its_verification(checkpoint: Path, tmp_path: Pat
     assert "ncnn2int8" in capsys.readouterr().err
 
 
+@needs_litert
+def test_cli_export_tflite_int8_calibrates_on_a_stratified_sample(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """--calibration DIR takes a seeded sample over every class folder, not the first images of a sorted list."""
+    from PIL import Image
+
+    from shufflenet.cli import export as cli_export
+    from shufflenet.deploy import calibration
+    from shufflenet.deploy.runtimes.litert import read_tflite_metadata
+
+    folder = tmp_path / "train"
+    for c, name in enumerate(CLASSES):
+        (folder / name).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(rgb_image(10 * c + i)).save(folder / name / f"{i}.png")
+    chosen = []
+    real_load_batches = calibration.load_batches
+
+    def spy(samples, preprocessing, *args):
+        chosen.extend(samples)
+        return real_load_batches(samples, preprocessing, *args)
+
+    monkeypatch.setattr(calibration, "load_batches", spy)
+    monkeypatch.setattr(cli_export, "CALIBRATION_IMAGES", 6)
+    out = tmp_path / "m.tflite"
+    args = ["export", "--weights", str(checkpoint), "--format", "tflite", "--out", str(out), "--precision", "int8"]
+    assert main([*args, "--calibration", str(folder)]) == 0
+    assert sorted(label for _, label in chosen) == [0, 0, 1, 1, 2, 2]
+    assert read_tflite_metadata(out)["int8"]["calibration_images"] == 6
+    assert main([*args, "--overwrite"]) == 2
+    assert "--calibration DIR" in capsys.readouterr().err
+
+
 @needs_coreml
 def test_cli_export_coreml_says_it_was_not_run(checkpoint: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "m.mlpackage"

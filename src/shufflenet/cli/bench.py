@@ -11,6 +11,7 @@ from torch import nn
 from shufflenet import bench, deploy
 from shufflenet.checkpoints import CHECKPOINT_FORMAT, load_model, read_file
 from shufflenet.cli.common import format_table, write_json
+from shufflenet.cli.evaluate import is_exported_file
 from shufflenet.models import create_model, list_models
 
 
@@ -70,9 +71,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _load_file(args: argparse.Namespace) -> tuple[nn.Module, str, dict[str, deploy.CompiledModel]]:
+def _load_file(args: argparse.Namespace, meta: dict) -> tuple[nn.Module, dict[str, deploy.CompiledModel]]:
     """An exported / int8 file's runner, and the fp32 checkpoint it was made from as the model to compare."""
-    meta = deploy.read_onnx_metadata(args.weights)
     reference = args.reference or meta.get("source_checkpoint")
     if reference is None:
         raise ValueError(
@@ -86,11 +86,11 @@ def _load_file(args: argparse.Namespace) -> tuple[nn.Module, str, dict[str, depl
     if meta.get("arch") not in (None, model.arch):
         raise ValueError(f"{args.weights} holds a {meta['arch']} but {reference} a {model.arch}; fix --reference")
     runner = deploy.load_onnx(args.weights, "auto", threads=args.threads)
-    return model, model.arch, {f"{runner.backend} {runner.precision} ({Path(args.weights).name})": runner}
+    return model, {f"{runner.backend} {runner.precision} ({Path(args.weights).name})": runner}
 
 
-def _print_file_accuracy(path: str) -> None:
-    accuracy = deploy.read_onnx_metadata(path).get("int8_accuracy")
+def _print_file_accuracy(meta: dict) -> None:
+    accuracy = meta.get("int8_accuracy")
     print(
         f"note: max|diff| and top-1 agree compare logits on random pixels; an int8 file calibrated on real images "
         f"clips such noise, so its agreement there says little{'' if accuracy else '.'}"
@@ -125,10 +125,11 @@ def run(args: argparse.Namespace) -> int:
         create_model(args.model)  # raises the registry's "unknown model" error with suggestions
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    files = {}
-    if args.weights is not None and Path(args.weights).suffix in (".onnx", ".xml"):
-        model, name, files = _load_file(args)
-        args.img_size = args.img_size or model.preprocessing.crop_size
+    files, meta = {}, {}
+    if args.weights is not None and is_exported_file(args.weights):
+        meta = deploy.read_onnx_metadata(args.weights)
+        model, files = _load_file(args, meta)
+        name, args.img_size = model.arch, args.img_size or model.preprocessing.crop_size
     else:
         model, name = _load(args)
     args.img_size = args.img_size or 224
@@ -170,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
     for note in bench.not_faster_notes(result.rows):
         print(f"note: {note}")
     if files:
-        _print_file_accuracy(args.weights)
+        _print_file_accuracy(meta)
     print(f"\nbaseline: {result.settings['baseline']}; median latency over interleaved rounds; p10-p90 is the spread.")
     print("peak +MiB: resident-memory growth during the first run at that batch size (a lower bound).")
     print(

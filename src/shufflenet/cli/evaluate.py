@@ -72,13 +72,13 @@ def inference_function(
         raise ValueError("no images to compile the model with")
     calibration = None
     if precision == "int8":
-        from shufflenet.deploy.calibration import load_batches, run_split, stratified_sample
+        from shufflenet.deploy.calibration import CALIBRATION_SIZE, load_batches, run_split, stratified_sample
 
         if weights is None:
             raise ValueError(
                 "int8 needs the checkpoint's run folder (split.json) or an int8 file from `shufflenet quantize`"
             )
-        calibration = load_batches(stratified_sample(run_split(weights)[1], 300), model.preprocessing)
+        calibration = load_batches(stratified_sample(run_split(weights)[1], CALIBRATION_SIZE), model.preprocessing)
     return compile_for_inference(
         model.cpu(),
         backend=backend or "auto",
@@ -88,9 +88,14 @@ def inference_function(
     )
 
 
+def is_exported_file(path: str | Path) -> bool:
+    """Whether ``path`` names an exported .onnx file or OpenVINO .xml (int8 too) rather than a checkpoint."""
+    return Path(path).suffix in (".onnx", ".xml")
+
+
 def load_weights(path: str | Path, backend: str | None, device: torch.device) -> nn.Module | Callable:
     """A checkpoint as a model on ``device``, or an exported .onnx file / OpenVINO .xml (int8 too) as its CPU runner."""
-    if Path(path).suffix in (".onnx", ".xml"):
+    if is_exported_file(path):
         from shufflenet.deploy import compile_for_inference
 
         return compile_for_inference(path, backend or "auto")

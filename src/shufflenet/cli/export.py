@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -128,14 +127,9 @@ def _run_mobile(args: argparse.Namespace, model: torch.nn.Module) -> int:
 
 
 def _calibration_batches(folder: str | None, model: torch.nn.Module) -> list[torch.Tensor]:
-    """Up to :data:`CALIBRATION_IMAGES` images of ``folder``, preprocessed as the checkpoint says."""
-    from shufflenet.data import list_image_paths, load_image
+    """A seeded, stratified sample of up to :data:`CALIBRATION_IMAGES` images of ``folder``, preprocessed."""
+    from shufflenet.deploy.calibration import folder_samples, load_batches, stratified_sample
 
     if folder is None:
         raise ValueError("--precision int8 needs --calibration DIR: a folder of your training images")
-    paths = list_image_paths([Path(folder)])[:CALIBRATION_IMAGES]
-    if not paths:
-        raise ValueError(f"--calibration {folder}: no images found")
-    transform = model.preprocessing.eval_transform()
-    images = [transform(load_image(p)) for p in paths]
-    return [torch.stack(images[i : i + 32]) for i in range(0, len(images), 32)]
+    return load_batches(stratified_sample(folder_samples(folder), CALIBRATION_IMAGES), model.preprocessing)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from shufflenet.deploy.calibration import CALIBRATION_SIZE
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the subcommand."""
@@ -25,7 +27,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "ONNX Runtime's quantizer (QOperator for onnxruntime, QDQ for openvino)",
     )
     parser.add_argument("--calibration", metavar="DIR", help="calibrate on these images instead of the train split")
-    parser.add_argument("--calibration-size", type=int, default=300, help="images to calibrate on (default 300)")
+    parser.add_argument(
+        "--calibration-size",
+        type=int,
+        default=CALIBRATION_SIZE,
+        help=f"images to calibrate on (default {CALIBRATION_SIZE})",
+    )
     parser.add_argument("--val", metavar="DIR", help="class folders for the accuracy check (default: the val split)")
     parser.add_argument("--max-drop", type=float, default=1.0, help="top-1 points int8 may lose (default 1.0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the calibration sample (default 0)")

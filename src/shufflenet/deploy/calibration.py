@@ -19,6 +19,7 @@ from shufflenet.data import BadImageError, Sample, list_image_paths, load_image,
 from shufflenet.transforms import Preprocessing
 
 SPLIT_FILE = "split.json"
+CALIBRATION_SIZE = 300  # images int8 calibrates on by default (a seeded, stratified sample)
 
 
 def run_split(weights: str | Path) -> tuple[list[str], list[Sample], list[Sample]]:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from shufflenet.data import Sample, scan_image_folder
-from shufflenet.deploy.calibration import folder_samples, load_batches, run_split, stratified_sample
+from shufflenet.deploy.calibration import CALIBRATION_SIZE, folder_samples, load_batches, run_split, stratified_sample
 from shufflenet.deploy.errors import DeployError
 from shufflenet.deploy.export import (
     _check_output_path,
@@ -173,7 +173,7 @@ def quantize_run(
     out: str | Path,
     *,
     calibration_dir: str | Path | None = None,
-    calibration_size: int = 300,
+    calibration_size: int = CALIBRATION_SIZE,
     val_dir: str | Path | None = None,
     max_drop: float = 1.0,
     seed: int = 0,
