@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from shufflenet.devices import AMP_MODES, DEVICES
+from shufflenet.transforms import AUTO_AUGMENT, DEFAULT_CROP_PCT
 
 __all__ = [
     "AMP_MODES",
@@ -20,7 +21,7 @@ __all__ = [
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "linear")
-AUTO_AUGMENTS = ("trivialaugment", "randaugment")
+AUTO_AUGMENTS = tuple(AUTO_AUGMENT)  # the names --auto-augment takes
 # Weight decay when none is given: the seed's Adam has none; SGD uses the ShuffleNet papers' 4e-5.
 DEFAULT_WEIGHT_DECAY = {"adam": 0.0, "adamw": 0.05, "sgd": 4e-5}
 # Options that may change when a run is resumed; the others define the run and are kept from last.pt.
@@ -63,7 +64,7 @@ class TrainConfig:
     # Recipes (shufflenet.training.recipes) set the fields below and above; explicitly given options win.
     recipe: str | None = None  # finetune, scratch, megvii, torchvision; None: finetune with weights, else scratch
     eval_size: int | None = None  # validation crop size (None: img_size)
-    eval_crop: float = 0.875  # timm's crop_pct: validation resizes the shorter side to eval_size / eval_crop
+    eval_crop: float = DEFAULT_CROP_PCT  # timm's crop_pct: validation resizes the shorter side to eval_size / eval_crop
     auto_augment: str | None = None  # "trivialaugment" (TrivialAugmentWide) or "randaugment"
     random_erase: float = 0.0  # probability of RandomErasing per image
     mixup_alpha: float = 0.0  # MixUp's Beta(alpha, alpha) on batches (0: off)

@@ -163,13 +163,12 @@ def _train_in_run_dir(
             run_dir, cfg, class_names, dist, device, amp_dtype, channels_last, data.workers, data.bundle
         )
     tensorboard = run_folder.tensorboard_writer(run_dir) if dist.is_main else None
-    checkpoint = partial(
-        make_checkpoint, raw_model, cfg.model, class_names, data.preprocessing, model_kwargs(cfg), config=cfg.to_dict()
-    )
+    described = {"arch": cfg.model, "class_names": class_names, "preprocessing": data.preprocessing}
+    checkpoint = partial(make_checkpoint, **described, model_kwargs=model_kwargs(cfg), config=cfg.to_dict())
 
     def save_last(epoch: int, step: int, sums: torch.Tensor, seconds: float) -> None:
         point = ResumePoint(epoch, step, history, best_val_acc, best_epoch, sums, seconds)
-        last = last_checkpoint(checkpoint(), objects, point, dist.world_size)
+        last = last_checkpoint(checkpoint(raw_model), objects, point, dist.world_size)
         save_checkpoint(run_dir / "last.pt", {**last, **ema_state(ema)})
 
     # ---- the loop
@@ -250,10 +249,11 @@ def _train_in_run_dir(
             run_folder.record_epoch(run_dir, history, tensorboard)
             save_last(epoch + 1, 0, torch.zeros(3, dtype=torch.float64), 0.0)
             if improved:
-                best = checkpoint(epoch=epoch + 1, val_acc=val.top1, val_top5=val.top5, val_loss=val.loss)
+                best = checkpoint(raw_model, epoch=epoch + 1, val_acc=val.top1, val_top5=val.top5, val_loss=val.loss)
                 save_checkpoint(run_dir / "best.pt", best)
             if improved_ema:
-                _save_best_ema(run_dir, ema, cfg, data, row)
+                best_ema = checkpoint(ema, ema=True, epoch=epoch + 1, val_acc=row["val_acc_ema"])
+                save_checkpoint(run_dir / "best_ema.pt", best_ema)
         run_folder.log_epoch(row, cfg.epochs, improved)
         if dist.sum(torch.tensor([stop.count], device=device)).item() > 0 and epoch + 1 < cfg.epochs:
             stopped = "interrupted"
@@ -286,14 +286,6 @@ def _evaluate_ema(
     best_ema = max((r.get("val_acc_ema", -1.0) for r in history), default=-1.0)
     row.update(val_loss_ema=ema_val.loss, val_acc_ema=ema_val.top1)
     return ema_val.top1 > best_ema
-
-
-def _save_best_ema(run_dir: Path, ema: nn.Module, cfg: TrainConfig, data: TrainData, row: dict[str, float]) -> None:
-    """best_ema.pt: the EMA weights of the epoch in ``row``, a checkpoint like best.pt."""
-    best = make_checkpoint(
-        ema, cfg.model, data.class_names, data.preprocessing, model_kwargs(cfg), config=cfg.to_dict(), ema=True
-    )
-    save_checkpoint(run_dir / "best_ema.pt", {**best, "epoch": row["epoch"], "val_acc": row["val_acc_ema"]})
 
 
 def _interrupted_message(epoch: int, step: int, steps_per_epoch: int, run_dir: Path) -> str:
