@@ -81,24 +81,17 @@ def conv_bn(
     return nn.Sequential(*layers)
 
 
-# The tiny-image stem (``small_input=True``; issue 12, measured in docs/training.md "What each piece added"):
-# conv1's stride and whether the max-pool runs. The papers' stem (conv1 3x3/2, max-pool 3x3/2) has stride 4.
-SMALL_INPUT_CONV1_STRIDE = 2
-SMALL_INPUT_MAXPOOL = False
-
-
 def stem(in_chans: int, out_channels: int, small_input: bool = False) -> tuple[nn.Sequential, nn.Module, int]:
-    """conv1, the max-pool and their output stride: the papers' (stride 4) or the tiny-image stem.
+    """conv1, the max-pool and their output stride: the papers' (conv1 3x3/2, max-pool 3x3/2: stride 4) or
+    the tiny-image stem (``small_input``: no max-pool, stride 2; measured in docs/training.md).
 
     Both have the same modules' weights (the max-pool has none; without it ``maxpool`` is an ``nn.Identity``),
     so the state_dict keys are the same and a checkpoint of either loads into the other.
     """
-    if not small_input:
-        return conv_bn(in_chans, out_channels, 3, stride=2), nn.MaxPool2d(kernel_size=3, stride=2, padding=1), 4
-    conv1 = conv_bn(in_chans, out_channels, 3, stride=SMALL_INPUT_CONV1_STRIDE)
-    if SMALL_INPUT_MAXPOOL:
-        return conv1, nn.MaxPool2d(kernel_size=3, stride=2, padding=1), SMALL_INPUT_CONV1_STRIDE * 2
-    return conv1, nn.Identity(), SMALL_INPUT_CONV1_STRIDE
+    conv1 = conv_bn(in_chans, out_channels, 3, stride=2)
+    if small_input:
+        return conv1, nn.Identity(), 2
+    return conv1, nn.MaxPool2d(kernel_size=3, stride=2, padding=1), 4
 
 
 def make_divisible(value: float, divisor: int) -> int:
