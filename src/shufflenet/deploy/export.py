@@ -5,10 +5,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import tempfile
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from shufflenet.deploy.errors import DeployError, _describe, _first_line
 from shufflenet.deploy.folding import fold_batchnorm, prepare_for_inference
 from shufflenet.deploy.inputs import _in_chans, check_batch, default_example_input
 from shufflenet.deploy.ir import ir_metadata, is_ir, read_ir_model
+from shufflenet.fileio import atomic_path
 from shufflenet.transforms import Preprocessing
 
 ONNX_INPUT = "input"
@@ -38,19 +37,6 @@ def _check_output_path(path: Path, overwrite: bool, directory: bool = False) -> 
         raise FileExistsError(f"{path} is {kind}; give a {'folder' if directory else 'file'} name")
     if not path.parent.exists():
         raise FileNotFoundError(f"directory {path.parent} does not exist; create it first")
-
-
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary file beside ``path`` that replaces it only if the block succeeds."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def model_metadata(
@@ -151,7 +137,7 @@ def export_onnx(
     _set_metadata(proto, meta)
     proto.producer_name = "shufflenet"
     onnx.checker.check_model(proto)
-    with _atomic_path(path) as tmp_path:
+    with atomic_path(path) as tmp_path:
         onnx.save(proto, str(tmp_path))
     return path
 
@@ -260,7 +246,7 @@ def export_torchscript(
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(module, x, check_trace=False)
         traced = torch.jit.freeze(traced)
-        with _atomic_path(path) as tmp_path:
+        with atomic_path(path) as tmp_path:
             torch.jit.save(traced, str(tmp_path), _extra_files={TORCHSCRIPT_META: json.dumps(meta)})
     return path
 

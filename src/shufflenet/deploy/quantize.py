@@ -26,13 +26,13 @@ from torch import Tensor
 from shufflenet.deploy.backends import _require
 from shufflenet.deploy.cpu import cpu_features, describe_cpu, has_vnni
 from shufflenet.deploy.export import (
-    _atomic_path,
     _check_output_path,
     _load_onnx_proto,
     _metadata_values,
     add_onnx_metadata,
 )
 from shufflenet.deploy.inputs import check_batch
+from shufflenet.fileio import atomic_path
 
 # ONNX Runtime runs the QOperator form (QLinearConv...) fastest; OpenVINO reads only the QDQ form.
 _QUANT_FORMAT = {"onnxruntime": "qoperator", "openvino": "qdq"}
@@ -175,7 +175,7 @@ def quantize_onnx(
         warnings.simplefilter("ignore")
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(src), str(prepared))
-        with _atomic_path(dst) as tmp_path:
+        with atomic_path(dst) as tmp_path:
             quantize_static(
                 str(prepared),
                 str(tmp_path),

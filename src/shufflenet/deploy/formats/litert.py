@@ -17,11 +17,12 @@ import torch
 from torch import Tensor, nn
 
 from shufflenet.deploy.errors import DeployError
-from shufflenet.deploy.export import _atomic_path, _check_output_path, model_metadata
+from shufflenet.deploy.export import _check_output_path, model_metadata
 from shufflenet.deploy.folding import fold_batchnorm
 from shufflenet.deploy.formats.common import ExportResult, crop_size, quiet, require, verification_batch, verify
 from shufflenet.deploy.quantize import _calibration_batches
 from shufflenet.deploy.runtimes.litert import METADATA_NAME, TFLITE_IDENTIFIER, load_tflite
+from shufflenet.fileio import atomic_path
 from shufflenet.transforms import Preprocessing
 
 
@@ -145,7 +146,7 @@ def export_tflite(
     data = add_metadata(_convert(fold_batchnorm(model), size), meta)
     if precision == "int8":
         data = _quantize_int8(data, calibration)
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     result = ExportResult(path, [path])
     if verify_export:
