@@ -55,8 +55,8 @@ DATA_KEYS = ("batch_size", "epochs")
 
 _PLAIN = {"auto_augment": None, "random_erase": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "ema_epochs": 0.0}
 
-# Up to this crop size training suggests --small-input (measured at 32 px, docs/training.md). It stays a choice:
-# by default every recipe builds the papers' network.
+# Tiny images, up to this crop size: scratch crops them less, and training suggests --small-input (measured at
+# 32 px, docs/training.md). The stem stays a choice: by default every recipe builds the papers' network.
 TINY_IMAGE_SIZE = 64
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -152,7 +152,7 @@ def recipe_values(
 def _scratch_for_size(img_size: int) -> dict[str, Any]:
     """Random-crop strength for the image size (measured, docs/training.md): a 32-px image is mostly object,
     and a crop of 8% of it leaves a few pixels of stroke."""
-    return {"crop_scale": 0.35 if img_size <= 64 else 0.25}
+    return {"crop_scale": 0.35 if img_size <= TINY_IMAGE_SIZE else 0.25}
 
 
 def _scratch_for_data(train_images: int, world_size: int, batch_size: int | None) -> dict[str, Any]:
