@@ -16,6 +16,13 @@ DEFAULT_CROP_PCT = 0.875  # ImageNet's 224/256; checkpoints that predate eval cr
 AUTO_AUGMENT = {"trivialaugment": T.TrivialAugmentWide, "randaugment": T.RandAugment}
 
 
+def _resize_size(crop_size: int, crop_pct: float) -> int:
+    """The shorter side an eval crop of ``crop_pct`` resizes to (timm's crop_pct), checked."""
+    if not 0.0 < crop_pct <= 1.0:
+        raise ValueError(f"eval crop (crop_pct) must be in (0, 1], got {crop_pct}")
+    return round(crop_size / crop_pct)
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """How to turn an RGB image into the model's input.
@@ -37,9 +44,7 @@ class Preprocessing:
     @classmethod
     def for_size(cls, crop_size: int, crop_pct: float = DEFAULT_CROP_PCT, **kwargs: Any) -> Preprocessing:
         """Preprocessing for a crop size; the shorter side is resized to ``crop_size / crop_pct`` (224/256 usual)."""
-        if not 0.0 < crop_pct <= 1.0:
-            raise ValueError(f"crop_pct (eval crop) must be in (0, 1], got {crop_pct}")
-        return cls(crop_size=crop_size, resize_size=round(crop_size / crop_pct), **kwargs)
+        return cls(crop_size=crop_size, resize_size=_resize_size(crop_size, crop_pct), **kwargs)
 
     @property
     def crop_pct(self) -> float:
@@ -48,9 +53,7 @@ class Preprocessing:
 
     def with_crop_pct(self, crop_pct: float) -> Preprocessing:
         """The same preprocessing with another eval crop (1.0: resize the shorter side to the crop size)."""
-        if not 0.0 < crop_pct <= 1.0:
-            raise ValueError(f"eval crop must be in (0, 1], got {crop_pct}")
-        return replace(self, resize_size=round(self.crop_size / crop_pct))
+        return replace(self, resize_size=_resize_size(self.crop_size, crop_pct))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (stored in checkpoints and ONNX metadata)."""
