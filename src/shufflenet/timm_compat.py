@@ -57,31 +57,16 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
     """timm's ``pretrained_filter_fn``: a torchvision or shufflenet state_dict -> exactly the model's keys.
 
     A classifier of another class count is dropped (timm leaves ``fc`` initialised); any other missing or
-    mis-shaped key is an error naming it.
+    mis-shaped key is an error naming it (the checks of ``shufflenet.checkpoints.load_pretrained``).
     """
-    from shufflenet.checkpoints import unwrap_state_dict  # lazy: checkpoint code stays out of the import path
+    # lazy: checkpoint code stays out of the import path
+    from shufflenet.checkpoints import unwrap_state_dict
+    from shufflenet.checkpoints.loading import match_state_dict
 
-    state = unwrap_state_dict(state_dict)
-    own = model.state_dict()
     name = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
-    for key, tensor in own.items():
-        is_classifier = key.startswith(CLASSIFIER + ".")
-        if key not in state:
-            if is_classifier:
-                continue
-            raise ValueError(
-                f"checkpoint has no key {key!r} that {name} needs (its first keys: {list(state)[:3]}); is it for "
-                f"another architecture? megvii/mmpretrain files: run `shufflenet convert` on them first"
-            )
-        if state[key].shape != tensor.shape:
-            if is_classifier:
-                del state[key]
-                continue
-            raise ValueError(
-                f"checkpoint key {key!r} has shape {tuple(state[key].shape)}, {name} expects {tuple(tensor.shape)}; "
-                "the file is for another width or group count"
-            )
-    return {key: value for key, value in state.items() if key in own}
+    hint = "; megvii/mmpretrain files: run `shufflenet convert` on them first"
+    matched, _ = match_state_dict(unwrap_state_dict(state_dict), model.state_dict(), "checkpoint", name, hint=hint)
+    return matched
 
 
 def _model_with_feature_info(name: str, **kwargs: Any) -> nn.Module:

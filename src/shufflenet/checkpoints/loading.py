@@ -52,6 +52,38 @@ class LoadReport:
         return text
 
 
+def match_state_dict(
+    state: Mapping[str, Tensor],
+    own: Mapping[str, Tensor],
+    where: str | Path,
+    name: str,
+    strict_classifier: bool = False,
+    hint: str = "",
+) -> tuple[dict[str, Tensor], list[str]]:
+    """The tensors of ``state`` that load into a model (``name``) whose state_dict is ``own``, and the classifier
+    keys left out because their class count differs (unless ``strict_classifier``).
+
+    Any other missing or mis-shaped key is a CheckpointError naming ``where``, the first bad key, and ``hint``.
+    """
+    missing = [k for k in own if k not in state and not (k.startswith(CLASSIFIER_PREFIXES) and not strict_classifier)]
+    if missing:
+        raise CheckpointError(
+            f"{where} has no key {missing[0]!r} that {name} needs ({len(missing)} missing); is it a checkpoint "
+            f"for another architecture? (its first keys: {list(state)[:3]}){hint}"
+        )
+    dropped = []
+    for key, tensor in own.items():
+        if key in state and state[key].shape != tensor.shape:
+            if key.startswith(CLASSIFIER_PREFIXES) and not strict_classifier:
+                dropped.append(key)
+                continue
+            raise CheckpointError(
+                f"{where}: key {key!r} has shape {tuple(state[key].shape)}, {name} expects {tuple(tensor.shape)}; "
+                f"the file is for another architecture or width{hint}"
+            )
+    return {k: v for k, v in state.items() if k in own and k not in dropped}, dropped
+
+
 def load_pretrained(model: nn.Module, path: str | Path, strict_classifier: bool = False) -> LoadReport:
     """Load weights from ``path`` into ``model``; the classifier is re-initialised if its class count differs.
 
@@ -62,26 +94,11 @@ def load_pretrained(model: nn.Module, path: str | Path, strict_classifier: bool 
         raise CheckpointError(f"{path} contains no tensors")
     report = LoadReport(path=str(path), source_format=source, loaded=0, preprocessing=preprocessing)
     own = model.state_dict()
-    missing = [k for k in own if k not in state and not (k.startswith(CLASSIFIER_PREFIXES) and not strict_classifier)]
-    if missing:
-        raise CheckpointError(
-            f"{path} has no key {missing[0]!r} that {type(model).__name__} needs ({len(missing)} missing); is it a "
-            f"checkpoint for another architecture? (its first keys: {list(state)[:3]})"
-        )
-    for key, tensor in own.items():
-        if key in state and state[key].shape != tensor.shape:
-            if key.startswith(CLASSIFIER_PREFIXES) and not strict_classifier:
-                report.reinitialized.append(key)
-                continue
-            raise CheckpointError(
-                f"{path}: key {key!r} has shape {tuple(state[key].shape)}, the model expects "
-                f"{tuple(tensor.shape)}; the file is for another architecture or width"
-            )
+    load, report.reinitialized = match_state_dict(state, own, path, type(model).__name__, strict_classifier)
     report.ignored = [key for key in state if key not in own]
     missing_classifier = [k for k in own if k.startswith(CLASSIFIER_PREFIXES) and k not in state]
     if report.reinitialized or missing_classifier:
         report.reinitialized = sorted(set(report.reinitialized) | set(missing_classifier))
-    load = {k: v for k, v in state.items() if k in own and k not in report.reinitialized}
     model.load_state_dict(load, strict=False)
     report.loaded = len(load)
     return report
