@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import re
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -293,3 +294,37 @@ def test_timm_pretrained_cfg_has_the_real_url() -> None:
     cfg = timm.models.get_pretrained_cfg("shufflenet_v2_x1_5")
     assert cfg.url == "https://download.pytorch.org/models/shufflenetv2_x1_5-3c479a10.pth"
     assert cfg.crop_pct == pytest.approx(224 / 232)
+
+
+def test_export_by_name_carries_imagenet_names_and_the_publishers_preprocessing(
+    server: Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    reference = torchvision_reference()
+    wide_state = torchvision.models.shufflenet_v2_x1_5().state_dict()
+    publish(server, monkeypatch, "shufflenet_v2_x1_5", "torchvision", wide_state)
+    publish(server, monkeypatch, X0_5, "torchvision", reference.state_dict())
+    out = tmp_path / "x0_5.pt"
+    argv = ["export", "--weights", "torchvision", "--model", X0_5, "--format", "torchscript", "--out", str(out)]
+    assert main(argv) == 0
+    extra = {"shufflenet.json": ""}
+    exported = torch.jit.load(str(out), _extra_files=extra)
+    meta = json.loads(extra["shufflenet.json"])
+    assert meta["arch"] == X0_5 and meta["class_names"] == list(_IMAGENET_CATEGORIES)
+    assert (meta["preprocessing"]["resize_size"], meta["preprocessing"]["crop_size"]) == (256, 224)
+    x = torch.randn(2, 3, 224, 224)
+    torch.testing.assert_close(exported(x), reference(x), rtol=1e-4, atol=1e-4)
+
+    wide = tmp_path / "x1_5.pt"  # torchvision's newer recipe: evaluated at 232 -> 224
+    assert main([*argv[:4], "shufflenet_v2_x1_5", *argv[5:-1], str(wide)]) == 0
+    torch.jit.load(str(wide), _extra_files=extra)
+    assert json.loads(extra["shufflenet.json"])["preprocessing"]["resize_size"] == 232
+
+
+def test_torch_hub_load_by_name(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    reference = torchvision_reference()
+    publish(server, monkeypatch, X0_5, "torchvision", reference.state_dict())
+    repo = Path(__file__).resolve().parents[2]
+    model = torch.hub.load(str(repo), X0_5, source="local", weights="torchvision", verbose=False).eval()
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(model(x), reference(x))
+    assert model.class_names == list(_IMAGENET_CATEGORIES) and model.preprocessing.resize_size == 256
