@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate(
         function, loader, model.class_names, device=device, progress=not args.quiet and sys.stderr.isatty()
     )
-    named = weights != args.weights  # the published weights live in the download cache: results go here instead
+    named = weights != args.weights  # published weights live in the download cache: write results to ./eval
     out_dir = Path(args.out or ("eval" if named else Path(weights).resolve().parent / "eval"))
     png, js = write_confusion(result, out_dir)
     data = result.to_dict()

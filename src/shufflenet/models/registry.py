@@ -82,8 +82,8 @@ def create_model(
     num_classes: int = 1000,
     weights: str | Path | None = None,
     features_only: bool = False,
-    pretrained: bool = False,
     out_indices: tuple[int, ...] | None = None,
+    pretrained: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a registered model; with ``weights``, load weights into it (see shufflenet.checkpoints).
