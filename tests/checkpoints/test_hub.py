@@ -216,6 +216,15 @@ def test_dead_server_is_one_line_naming_url_file_and_where_to_put_it(
     assert f"put {weights.file_name} into {cache(tmp_path)} by hand" in err
 
 
+def test_mirror_without_the_file_names_the_http_error(server: Server, tmp_path: Path) -> None:
+    weights = find_weights(X0_5)
+    message = rf"could not download .*/models/{re.escape(weights.file_name)} \(HTTP 404 File not found\)"
+    with pytest.raises(WeightsDownloadError, match=message):
+        create_model(X0_5, pretrained=True)
+    assert server.requests == [f"/models/{weights.file_name}"]
+    assert list(cache(tmp_path).iterdir()) == []
+
+
 def test_train_by_name_starts_from_the_downloaded_weights(
     server: Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, image_tree: Path
 ) -> None:
