@@ -1,9 +1,11 @@
 """torch.hub entry points: one per registered model, e.g. ``torch.hub.load(repo, "shufflenet_v1_g3_x1_0")``.
 
-``weights=PATH`` loads any file shufflenet reads: our checkpoints (their model options and class names
-apply), torchvision ShuffleNet V2 ``.pth`` files, and megvii / mmpretrain checkpoints (detected and
-converted). The model comes back in training mode, as torch.hub models do; ``model.preprocessing``
-says how to feed it. Only underscore names besides the entry points, so ``torch.hub.list`` shows models.
+``weights="torchvision"`` / ``"mmpretrain"`` (or ``pretrained=True``) downloads the published ImageNet weights
+(hash-checked, cached in ``$TORCH_HOME/hub/checkpoints``). ``weights=PATH`` loads any file shufflenet reads:
+our checkpoints (their model options and class names apply), torchvision ShuffleNet V2 ``.pth`` files, and
+megvii / mmpretrain checkpoints (detected and converted). The model comes back in training mode, as torch.hub
+models do; ``model.preprocessing`` says how to feed it. Only underscore names besides the entry points, so
+``torch.hub.list`` shows models.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ _CLASSIFIER_KEYS = ("fc.weight", "classifier.0.weight", "head.fc.weight")
 
 def _load(name: str, weights: str | _Path | None = None, num_classes: int | None = None, **kwargs: _Any) -> _nn.Module:
     """Build ``name``; with ``weights``, load the file (class count from the file unless given)."""
-    if weights is None:
-        return _models.create_model(name, num_classes=num_classes or 1000, **kwargs)
     from shufflenet import checkpoints as _checkpoints
     from shufflenet.transforms import Preprocessing
+
+    if weights is None or _checkpoints.is_weights_name(weights):  # none, or published ones ("torchvision") by name
+        return _models.create_model(name, num_classes=num_classes or 1000, weights=weights, **kwargs)
 
     raw = _checkpoints.read_file(weights)
     class_names = None
@@ -66,7 +69,8 @@ def _entry_point(name: str) -> _Any:
     entry.__doc__ = (
         f"{name}: {info.family} width {info.width_mult}{groups}.\n\n"
         "weights: optional checkpoint path (ours, torchvision, megvii or mmpretrain; foreign layouts are\n"
-        "detected and converted exactly). num_classes: defaults to the file's (1000 without weights).\n"
+        "detected and converted exactly), or 'torchvision' / 'mmpretrain' for the published ImageNet weights\n"
+        "(pretrained=True: the default publisher). num_classes: defaults to the file's (1000 without weights).\n"
         "Other keyword arguments go to the model (e.g. shuffle_order='megvii' for v1)."
     )
     return entry

@@ -53,6 +53,19 @@ def _pretrained_cfg() -> dict[str, Any]:
     }
 
 
+def _published_weights_cfg(name: str) -> dict[str, Any]:
+    """The URL (its file name carries the sha256 prefix timm's ``check_hash`` reads), licence and eval crop of the
+    model's torchvision weights, the files timm loads unchanged; nothing for models without them."""
+    # lazy: checkpoint code stays out of the import path
+    from shufflenet.checkpoints.pretrained import weights_of
+
+    published = [w for w in weights_of(name) if w.source == "torchvision"]
+    if not published:
+        return {}
+    weights = published[0]
+    return {"url": weights.url, "license": "bsd-3-clause", "crop_pct": weights.preprocessing.crop_pct}
+
+
 def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, Tensor]:
     """timm's ``pretrained_filter_fn``: a torchvision or shufflenet state_dict -> exactly the model's keys.
 
@@ -114,7 +127,7 @@ def register_timm_models(names: Sequence[str] | None = None) -> dict[str, list[s
             if getattr(model_entrypoint(name), "__module__", None) != __name__:
                 skipped.append(name)  # timm's own model of that name wins; never overwrite it
             continue
-        default_cfgs[name] = _pretrained_cfg()
+        default_cfgs[name] = {**_pretrained_cfg(), **_published_weights_cfg(name)}
         setattr(module, name, register_model(_entrypoint(name)))
         registered.append(name)
     return {"registered": registered, "skipped": skipped}

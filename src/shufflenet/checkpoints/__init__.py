@@ -6,6 +6,9 @@
   loader behind ``create_model(name, weights=...)``) and :func:`load_model` (our checkpoint as a model).
 * :mod:`~shufflenet.checkpoints.formats`: one module per foreign layout (torchvision, megvii, mmpretrain),
   registered as :class:`FormatAdapter` s; :mod:`~shufflenet.checkpoints.convert` turns a foreign file into ours.
+* :mod:`~shufflenet.checkpoints.pretrained`: the published ImageNet weights as data (URL, sha256 prefix,
+  accuracy, preprocessing, licence); :mod:`~shufflenet.checkpoints.hub` downloads, checks, caches and loads
+  them, and installs the loader behind ``create_model(name, weights=...)`` and ``pretrained=True``.
 """
 
 from __future__ import annotations
@@ -23,27 +26,46 @@ from shufflenet.checkpoints.files import (
     unwrap_state_dict,
 )
 from shufflenet.checkpoints.formats.v1_shuffle import ShuffleOrderError
+from shufflenet.checkpoints.hub import (
+    MIRROR_ENV,
+    WeightsDownloadError,
+    download_weights,
+    is_weights_name,
+    load_named_weights,
+    pretrained_checkpoint,
+)
 from shufflenet.checkpoints.loading import CLASSIFIER_PREFIXES, LoadReport, load_model, load_pretrained
+from shufflenet.checkpoints.pretrained import WEIGHTS, PretrainedWeights, find_weights, weights_of
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "CLASSIFIER_PREFIXES",
+    "MIRROR_ENV",
     "SOURCES",
+    "WEIGHTS",
     "CheckpointError",
     "FormatAdapter",
     "LoadReport",
+    "PretrainedWeights",
     "ShuffleOrderError",
+    "WeightsDownloadError",
     "convert_checkpoint",
     "detect_layout",
+    "download_weights",
+    "find_weights",
     "infer_model_name",
+    "is_weights_name",
     "load_checkpoint",
     "load_model",
+    "load_named_weights",
     "load_pretrained",
     "make_checkpoint",
+    "pretrained_checkpoint",
     "read_file",
     "register_adapter",
     "registered_adapters",
     "save_checkpoint",
     "unwrap_state_dict",
+    "weights_of",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 from shufflenet.checkpoints.files import (
     CHECKPOINT_FORMAT,
     CheckpointError,
+    file_sha256,
     make_checkpoint,
     read_file,
     unwrap_state_dict,
@@ -116,13 +116,5 @@ def convert_checkpoint(
         class_names or _class_names(raw, num_classes),
         preprocessing,
         model_kwargs,
-        converted_from={"format": layout.name, "file": path.name, "sha256": _sha256(path)},
+        converted_from={"format": layout.name, "file": path.name, "sha256": file_sha256(path)},
     )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

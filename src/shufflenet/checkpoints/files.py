@@ -5,6 +5,7 @@ Files are read with ``torch.load(..., weights_only=True)`` or safetensors, never
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 from collections.abc import Mapping
@@ -143,3 +144,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         if key not in raw:
             raise CheckpointError(f"{path} is missing key {key!r}; the file is incomplete or damaged")
     return raw
+
+
+def file_sha256(path: str | Path) -> str:
+    """The hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,8 +1,8 @@
 """Loading weights into models: any supported file into a built model, or our checkpoint as a whole model.
 
-Importing this module installs :func:`load_pretrained` as the loader behind ``create_model(name, weights=...)``
-(:func:`shufflenet.models.registry.set_weights_loader`), so the models package itself imports no checkpoint
-code: the dependency runs checkpoints -> models only.
+:func:`load_pretrained` is what ``create_model(name, weights=PATH)`` runs (through the loader that
+:mod:`~shufflenet.checkpoints.hub` installs), so the models package itself imports no checkpoint code: the
+dependency runs checkpoints -> models only.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from shufflenet.checkpoints.files import (
     read_file,
     unwrap_state_dict,
 )
-from shufflenet.models import create_model, registry
+from shufflenet.models import create_model
 from shufflenet.transforms import Preprocessing
 
 CLASSIFIER_PREFIXES = ("fc.",)
@@ -153,6 +153,3 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
     model.preprocessing = Preprocessing.from_dict(checkpoint.get("preprocessing", {}))
     model.checkpoint_meta = {k: v for k, v in checkpoint.items() if k not in TRAINING_STATE_KEYS}
     return model.to(device).eval()
-
-
-registry.set_weights_loader(load_pretrained)

@@ -10,7 +10,7 @@ from torch import nn
 
 from shufflenet import bench, deploy
 from shufflenet.checkpoints import CHECKPOINT_FORMAT, load_model, read_file
-from shufflenet.cli.common import format_table, write_json
+from shufflenet.cli.common import WEIGHTS_BY_NAME, format_table, resolve_weights, write_json
 from shufflenet.cli.evaluate import is_exported_file
 from shufflenet.models import create_model, list_models
 
@@ -49,7 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--weights",
         metavar="FILE",
         help="checkpoint to load (default: random weights), or an int8/exported .onnx or OpenVINO .xml to time "
-        "beside the fp32 runtimes of its checkpoint",
+        f"beside the fp32 runtimes of its checkpoint, {WEIGHTS_BY_NAME}",
     )
     parser.add_argument(
         "--reference",
@@ -125,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         create_model(args.model)  # raises the registry's "unknown model" error with suggestions
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    args.weights = resolve_weights(args.weights, args.model)
     files, meta = {}, {}
     if args.weights is not None and is_exported_file(args.weights):
         meta = deploy.read_onnx_metadata(args.weights)

@@ -1,7 +1,8 @@
-"""Small helpers shared by the subcommands: tables and JSON output."""
+"""Small helpers shared by the subcommands: tables, JSON output, logging and ``--weights`` by name."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -9,6 +10,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+# The end of every --weights help text: the publishers' names work wherever a checkpoint file does.
+WEIGHTS_BY_NAME = "or torchvision / mmpretrain: --model's published ImageNet weights (downloaded, cached)"
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
@@ -63,3 +67,23 @@ def setup_logging(quiet: bool = False) -> None:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
+
+
+def add_model_option(parser: argparse.ArgumentParser) -> None:
+    """``--model``, for commands that otherwise read the architecture from the checkpoint file."""
+    parser.add_argument(
+        "--model", metavar="NAME", help="with --weights torchvision|mmpretrain: which model, e.g. shufflenet_v2_x1_0"
+    )
+
+
+def resolve_weights(weights: str | None, model: str | None, default_model: str | None = None) -> str | None:
+    """``--weights`` as a file: a publisher's name (torchvision, mmpretrain) becomes its published weights of
+    ``model`` as our checkpoint, downloaded, hash-checked and cached; a path (or None) comes back unchanged."""
+    from shufflenet.checkpoints import is_weights_name, pretrained_checkpoint
+
+    if not is_weights_name(weights):
+        return weights
+    model = model or default_model
+    if not model:
+        raise ValueError(f"--weights {weights} needs --model NAME: which model's published weights to use")
+    return str(pretrained_checkpoint(model, weights, progress=sys.stderr.isatty()))

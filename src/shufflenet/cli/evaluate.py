@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from shufflenet import deploy
-from shufflenet.cli.common import format_table, write_json
+from shufflenet.cli.common import WEIGHTS_BY_NAME, add_model_option, format_table, resolve_weights, write_json
 
 BACKENDS = (*deploy.BACKENDS, "auto")
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -116,11 +116,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--weights",
         metavar="FILE",
         required=True,
-        help="checkpoint (RUN/best.pt), exported/int8 .onnx file or int8 OpenVINO .xml",
+        help=f"checkpoint (RUN/best.pt), exported/int8 .onnx file or int8 OpenVINO .xml, {WEIGHTS_BY_NAME}",
     )
+    add_model_option(parser)
     parser.add_argument("--data", metavar="DIR", required=True, help="class-per-folder image tree")
     parser.add_argument("--json", metavar="FILE", help="write all results as JSON ('-' for stdout)")
-    parser.add_argument("--out", metavar="DIR", help="where the confusion matrix goes (default: FILE's folder/eval)")
+    parser.add_argument(
+        "--out", metavar="DIR", help="where the confusion matrix goes (default: FILE's folder/eval; ./eval for names)"
+    )
     parser.add_argument("--workers", type=int, default=0, help="data-loading processes (default 0)")
     add_inference_options(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -137,22 +140,24 @@ def run(args: argparse.Namespace) -> int:
 
     setup_logging(args.quiet)
     device = resolve_device(args.device)
-    model = load_weights(args.weights, args.backend, device)
+    weights = resolve_weights(args.weights, args.model)
+    model = load_weights(weights, args.backend, device)
     apply_eval_crop(model, args.eval_crop)
     dataset, skipped = load_eval_dataset(args.data, model.class_names, model.preprocessing)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
     function = inference_function(
-        model, args.backend, args.precision, (images for images, _ in loader), weights=args.weights
+        model, args.backend, args.precision, (images for images, _ in loader), weights=weights
     )
     if function is not model or not isinstance(model, nn.Module):
         device = torch.device("cpu")
     result = evaluate(
         function, loader, model.class_names, device=device, progress=not args.quiet and sys.stderr.isatty()
     )
-    out_dir = Path(args.out) if args.out else Path(args.weights).resolve().parent / "eval"
+    named = weights != args.weights  # published weights live in the download cache: write results to ./eval
+    out_dir = Path(args.out or ("eval" if named else Path(weights).resolve().parent / "eval"))
     png, js = write_confusion(result, out_dir)
     data = result.to_dict()
-    data.update(weights=str(args.weights), data=str(args.data), skipped=[[str(p), r] for p, r in skipped])
+    data.update(weights=str(weights), data=str(args.data), skipped=[[str(p), r] for p, r in skipped])
     data.update(
         backend=getattr(function, "backend", args.backend or "torch"),
         precision=getattr(function, "precision", args.precision or "fp32"),

@@ -9,6 +9,7 @@ import torch
 
 from shufflenet import deploy
 from shufflenet.checkpoints import load_model
+from shufflenet.cli.common import WEIGHTS_BY_NAME, add_model_option, resolve_weights
 from shufflenet.cli.evaluate import add_eval_crop_option, apply_eval_crop
 
 
@@ -21,7 +22,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "in the file's metadata. ONNX, ncnn and TFLite exports are checked against PyTorch in their runtime "
         "(onnxruntime, ncnn, LiteRT) when it is installed; Core ML runs only on Apple platforms.",
     )
-    parser.add_argument("--weights", required=True, metavar="FILE", help="checkpoint written by shufflenet (.pt)")
+    parser.add_argument(
+        "--weights", required=True, metavar="FILE", help=f"checkpoint written by shufflenet (.pt), {WEIGHTS_BY_NAME}"
+    )
+    add_model_option(parser)
     parser.add_argument("--format", required=True, choices=FORMATS, help="output format")
     parser.add_argument(
         "--out", required=True, metavar="PATH", help="output file (.onnx, .pt, .tflite), folder (ncnn) or .mlpackage"
@@ -52,7 +56,7 @@ CALIBRATION_IMAGES = 256
 
 def run(args: argparse.Namespace) -> int:
     """Export, verify and print a one-paragraph summary."""
-    model = load_model(args.weights)
+    model = load_model(resolve_weights(args.weights, args.model))
     apply_eval_crop(model, args.eval_crop)
     if args.img_size is not None and args.img_size < 32:
         raise ValueError(f"--img-size must be at least 32, got {args.img_size}")

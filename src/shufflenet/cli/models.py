@@ -1,4 +1,5 @@
-"""``shufflenet models``: every registered model with params, MFLOPs and MAC beside the paper's figure.
+"""``shufflenet models``: every registered model with params, MFLOPs and MAC beside the paper's figure, and
+which published ImageNet weights it has (``--weights torchvision|mmpretrain``) with their top-1.
 
 ``--features`` lists the backbone's feature levels instead: channels and stride of each ``out_indices`` entry.
 """
@@ -9,6 +10,7 @@ import argparse
 
 from shufflenet.analysis import model_table
 from shufflenet.backbone import feature_table
+from shufflenet.checkpoints import weights_of
 from shufflenet.cli.common import format_table, write_json
 from shufflenet.models import list_models
 
@@ -20,6 +22,7 @@ COLUMNS = [
     ("paper_mflops", "paper MFLOPs"),
     ("paper_source", "source"),
     ("mflops_vs_paper_pct", "diff %"),
+    ("weights", "weights: top-1 %"),
 ]
 
 
@@ -43,6 +46,10 @@ def run(args: argparse.Namespace) -> int:
     if args.features:
         return _print_features(names, args.json)
     rows = model_table(names, (args.img_size, args.img_size))
+    for row in rows:
+        published = weights_of(row["name"])
+        row["pretrained"] = [{"source": w.source, "top1": w.top1, "top5": w.top5, "url": w.url} for w in published]
+        row["weights"] = ", ".join(f"{w.source} {w.top1:g}" for w in published) or None
     if args.json:
         write_json(args.json, rows)
         if args.json == "-":
@@ -50,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(rows, COLUMNS))
     size = f"{args.img_size}x{args.img_size}"
     print(f"\nFLOPs = multiply-adds; MAC = elements read + written (v2 paper, Sec. 2), at {size}.")
+    print("weights: published ImageNet-1k top-1 of --weights torchvision|mmpretrain (first: pretrained=True).")
     return 0
 
 

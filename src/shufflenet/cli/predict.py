@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from shufflenet.cli.common import write_json
+from shufflenet.cli.common import WEIGHTS_BY_NAME, add_model_option, resolve_weights, write_json
 from shufflenet.cli.evaluate import add_inference_options, apply_eval_crop, inference_function, load_weights
 
 MAX_FIGURE_IMAGES = 64
@@ -28,8 +28,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--weights",
         metavar="FILE",
         required=True,
-        help="checkpoint (RUN/best.pt), exported/int8 .onnx file or int8 OpenVINO .xml",
+        help=f"checkpoint (RUN/best.pt), exported/int8 .onnx file or int8 OpenVINO .xml, {WEIGHTS_BY_NAME}",
     )
+    add_model_option(parser)
     parser.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
     parser.add_argument("--json", metavar="FILE", help="write the predictions as JSON ('-' for stdout)")
     parser.add_argument(
@@ -50,11 +51,12 @@ def run(args: argparse.Namespace) -> int:
 
     setup_logging()
     device = resolve_device(args.device)
-    model = load_weights(args.weights, args.backend, device)
+    weights = resolve_weights(args.weights, args.model)
+    model = load_weights(weights, args.backend, device)
     apply_eval_crop(model, args.eval_crop)
     paths = list_image_paths(args.paths)
     batches = _batches(paths, model, args.batch_size)
-    function = inference_function(model, args.backend, args.precision, batches, weights=args.weights)
+    function = inference_function(model, args.backend, args.precision, batches, weights=weights)
     if function is not model or not isinstance(model, nn.Module):
         device = torch.device("cpu")
     result = predict(
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         write_json(
             args.json,
             {
-                "weights": str(args.weights),
+                "weights": str(weights),
                 "predictions": [p.to_dict() for p in result.predictions],
                 "skipped": [[str(p), r] for p, r in result.skipped],
             },

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from shufflenet.cli.common import WEIGHTS_BY_NAME, add_model_option
 from shufflenet.deploy.calibration import CALIBRATION_SIZE
 
 
@@ -17,7 +18,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "checks top-1 fp32 vs int8 on the run's validation split; fails when int8 loses more than --max-drop "
         "points. The file loads wherever a checkpoint does (eval, predict, bench --weights).",
     )
-    parser.add_argument("--weights", required=True, metavar="FILE", help="checkpoint, e.g. RUN/best.pt")
+    parser.add_argument(
+        "--weights",
+        required=True,
+        metavar="FILE",
+        help=f"checkpoint, e.g. RUN/best.pt, {WEIGHTS_BY_NAME} (give --calibration and --val then)",
+    )
+    add_model_option(parser)
     parser.add_argument("--backend", required=True, choices=["onnxruntime", "openvino"], help="runtime to run it on")
     parser.add_argument(
         "--out",
@@ -47,12 +54,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Quantize, print the settings and the accuracy check."""
-    from shufflenet.cli.common import setup_logging
+    from shufflenet.cli.common import resolve_weights, setup_logging
     from shufflenet.deploy import quantize_run
 
     setup_logging()
     result = quantize_run(
-        args.weights,
+        resolve_weights(args.weights, args.model),
         args.backend,
         args.out,
         calibration_dir=args.calibration,

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from shufflenet.cli.common import setup_logging
+from shufflenet.cli.common import WEIGHTS_BY_NAME, resolve_weights, setup_logging
 from shufflenet.training import AMP_MODES, OPTIMIZERS, SCHEDULES, TrainConfig
 from shufflenet.training.config import AUTO_AUGMENTS
 from shufflenet.training.recipes import RECIPES
@@ -28,7 +28,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", metavar="DIR", help="image folder (optional with --resume)")
     parser.add_argument("--out", metavar="RUN", required=True, help="run folder")
     parser.add_argument("--model", metavar="NAME", help=f"architecture (default {d.model}; `shufflenet models`)")
-    parser.add_argument("--weights", metavar="FILE", help="pretrained .pth/.safetensors to start from")
+    parser.add_argument(
+        "--weights", metavar="FILE", help=f"pretrained .pth/.safetensors to start from, {WEIGHTS_BY_NAME}"
+    )
     parser.add_argument(
         "--recipe",
         choices=list(RECIPES),
@@ -136,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     from shufflenet.training import train
 
     setup_logging(args.quiet)
+    args.weights = resolve_weights(args.weights, args.model, DEFAULTS.model)
     result = train(**options_from_args(args))
     if int(os.environ.get("RANK", "0")) != 0:
         return 0 if result.stopped is None else 1

@@ -11,7 +11,8 @@ from typing import Any
 from torch import nn
 
 ModelBuilder = Callable[..., nn.Module]
-WeightsLoader = Callable[[nn.Module, str | Path], Any]
+# loader(model, name, weights): weights is a file, a publisher's name ("torchvision"), or None for the default one.
+WeightsLoader = Callable[[nn.Module, str, str | Path | None], Any]
 
 
 @dataclass(frozen=True)
@@ -30,12 +31,12 @@ class ModelInfo:
 
 _BUILDERS: dict[str, ModelBuilder] = {}
 _INFO: dict[str, ModelInfo] = {}
-# Installed by shufflenet.checkpoints (its load_pretrained): models import no checkpoint code themselves.
+# Installed by shufflenet.checkpoints (hub.load_weights): models import no checkpoint code themselves.
 _weights_loader: WeightsLoader | None = None
 
 
 def set_weights_loader(loader: WeightsLoader) -> None:
-    """Install the function ``create_model(name, weights=PATH)`` calls as ``loader(model, PATH)``."""
+    """Install the function ``create_model(name, weights=W)`` calls as ``loader(model, name, W)``."""
     global _weights_loader
     _weights_loader = loader
 
@@ -82,9 +83,13 @@ def create_model(
     weights: str | Path | None = None,
     features_only: bool = False,
     out_indices: tuple[int, ...] | None = None,
+    pretrained: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build a registered model; with ``weights``, load a checkpoint file into it (see shufflenet.checkpoints).
+    """Build a registered model; with ``weights``, load weights into it (see shufflenet.checkpoints).
+
+    ``weights`` is a file, or a publisher's name (``"torchvision"``, ``"mmpretrain"``) whose published ImageNet
+    weights are downloaded, hash-checked and cached; ``pretrained=True`` is the model's default publisher.
 
     ``features_only=True`` returns the backbone: a module giving the list of feature maps at ``out_indices``
     (default strides 4, 8, 16, 32; see shufflenet.models.features), with the weights loaded and ``fc`` dropped.
@@ -92,10 +97,10 @@ def create_model(
     if out_indices is not None and not features_only:
         raise ValueError("out_indices selects feature levels; pass features_only=True with it")
     model = model_builder(name)(num_classes=num_classes, **kwargs)
-    if weights is not None:
+    if weights is not None or pretrained:
         if _weights_loader is None:
             raise RuntimeError("create_model(weights=...) needs the checkpoint loader: import shufflenet.checkpoints")
-        _weights_loader(model, weights)
+        _weights_loader(model, name, weights)
     if features_only:
         from shufflenet.models.features import ShuffleNetFeatures
 
