@@ -201,7 +201,7 @@ def _model_specs(widths: Sequence[float], input_size: int) -> list[BenchSpec]:
     by_width: dict[str, dict[float, str]] = {"v1": {}, "v2": {}}
     for name in list_models("shufflenet_v1_g3_*"):
         by_width["v1"][model_info(name).width_mult] = name
-    for name in list_models("shufflenet_v2_*"):
+    for name in list_models("shufflenet_v2_x*"):  # not the V2+ sizes
         by_width["v2"][model_info(name).width_mult] = name
     specs = []
     for width in widths:
