@@ -147,7 +147,7 @@ def test_channels_last_and_bf16_autocast_train_step() -> None:
     logits.float().logsumexp(1).mean().backward()
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    assert model.head_se.reduce.weight.grad.abs().sum() > 0  # the SE gate is in the graph
+    assert model.head_se.squeeze[0].weight.grad.abs().sum() > 0  # the SE gate is in the graph
 
 
 def test_features_only_and_timm_feature_list_give_the_same_maps() -> None:

@@ -33,17 +33,14 @@ class SqueezeExcite(nn.Module):
 
     def __init__(self, channels: int, reduction: int = tables.V2_PLUS_SE_REDUCTION) -> None:
         super().__init__()
-        squeezed = channels // reduction
-        self.reduce = nn.Conv2d(channels, squeezed, 1, bias=False)
-        self.bn = nn.BatchNorm2d(squeezed)
-        self.relu = nn.ReLU(inplace=True)
-        self.expand = nn.Conv2d(squeezed, channels, 1, bias=False)
+        # conv, BN, ReLU in one Sequential, so that deployment folds this BN like every other (deploy.folding)
+        self.squeeze = conv_bn(channels, channels // reduction, 1)
+        self.expand = nn.Conv2d(channels // reduction, channels, 1, bias=False)
         self.gate = nn.Hardsigmoid()
 
     def forward(self, x: Tensor) -> Tensor:
         """``x`` times its per-channel gate in [0, 1]."""
-        scale = x.mean((2, 3), keepdim=True)
-        scale = self.gate(self.expand(self.relu(self.bn(self.reduce(scale)))))
+        scale = self.gate(self.expand(self.squeeze(x.mean((2, 3), keepdim=True))))
         return x * scale
 
 
@@ -123,9 +120,15 @@ class ShuffleNetV2Plus(ClassifierMixin, nn.Module):
         in_chans: int = 3,
         drop_rate: float = tables.V2_PLUS_DROPOUT,
         architecture: tuple[int, ...] = tables.V2_PLUS_ARCHITECTURE,
+        small_input: bool = False,
     ) -> None:
         super().__init__()
         check_num_classes(num_classes)
+        if small_input:
+            raise ValueError(
+                "small_input drops v1/v2's max-pool; ShuffleNetV2+ has none (its stem is one stride-2 conv), so "
+                "there is no tiny-image stem: train it without --small-input"
+            )
         if size not in tables.V2_PLUS_STAGE_CHANNELS:
             raise ValueError(f"ShuffleNetV2+ size {size!r} is not one of {list(tables.V2_PLUS_STAGE_CHANNELS)}")
         repeats = tables.V2_PLUS_STAGE_REPEATS

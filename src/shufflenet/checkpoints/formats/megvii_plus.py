@@ -9,9 +9,9 @@ theirs                                      ours
 ==========================================  ==========================================
 ``first_conv.i``                            ``conv1.i``
 ``features.N.branch_main|branch_proj.i``    ``stageS.U.branch_main|branch_proj.i`` (N counts the 20 units)
-``...branch_main.i.SE_opr.1|2|4``           ``...branch_main.i.reduce|bn|expand``
+``...branch_main.i.SE_opr.1|2|4``           ``...branch_main.i.squeeze.0|squeeze.1|expand``
 ``conv_last.i``                             ``conv5.i``
-``LastSE.SE_opr.1|2|4``                     ``head_se.reduce|bn|expand``
+``LastSE.SE_opr.1|2|4``                     ``head_se.squeeze.0|squeeze.1|expand``
 ``fc.0`` (1280 -> 1280, h-swish after)      ``head_linear.0``
 ``classifier.0`` (no bias)                  ``fc`` (no bias)
 ==========================================  ==========================================
@@ -38,12 +38,12 @@ MEGVII_PLUS_PREPROCESSING = replace(
 )
 # features.N: the first unit index of each of our stages 1-4.
 _STAGE_OFFSETS = dict(enumerate(accumulate(tables.V2_PLUS_STAGE_REPEATS, initial=0), start=1))
-_SE_PARTS = {"reduce": "SE_opr.1", "bn": "SE_opr.2", "expand": "SE_opr.4"}
+_SE_PARTS = {"squeeze.0": "SE_opr.1", "squeeze.1": "SE_opr.2", "expand": "SE_opr.4"}
 _RENAMES = {"conv1.": "first_conv.", "conv5.": "conv_last.", "head_linear.": "fc.", "fc.": "classifier.0."}
 
 
 def _se_key(rest: str) -> str:
-    part, tail = rest.split(".", 1)
+    part, tail = rest.rsplit(".", 1)
     return f"{_SE_PARTS[part]}.{tail}"
 
 
@@ -55,7 +55,7 @@ def _key(key: str) -> str:
     if key.startswith("head_se."):
         return "LastSE." + _se_key(key[len("head_se.") :])
     stage, unit, branch, index, rest = re.fullmatch(r"stage(\d)\.(\d+)\.(branch_\w+?)\.(\d+)\.(.+)", key).groups()
-    if rest.split(".", 1)[0] in _SE_PARTS:
+    if rest.rsplit(".", 1)[0] in _SE_PARTS:
         rest = _se_key(rest)
     return f"features.{_STAGE_OFFSETS[int(stage)] + int(unit)}.{branch}.{index}.{rest}"
 
