@@ -15,6 +15,7 @@ from torch import nn
 
 from deploy.helpers import IMG, NUM_CLASSES, assert_close_logits, reference, synthetic_batch, trained
 from shufflenet import deploy
+from shufflenet.deploy.folding import fold_batchnorm
 from shufflenet.deploy.formats.common import module_available
 from shufflenet.transforms import Preprocessing
 
@@ -60,13 +61,20 @@ def test_the_model_learned_the_task(plus: nn.Module) -> None:
     assert (reference(plus, images).argmax(1) == labels).float().mean() >= 0.9
 
 
-def test_onnx_graph_has_hswish_hsigmoid_and_every_batchnorm_folded(plus_onnx: Path) -> None:
+def test_onnx_graph_has_hswish_hsigmoid_and_no_batchnorm(plus_onnx: Path) -> None:
     ops = [node.op_type for node in onnx.load(str(plus_onnx)).graph.node]
     # stem 1; stage 1 ReLU only; stride-2 units 3 (main 2, projection 1), stride-1 units 2, the Xception unit 3:
     # stage 2 3+3*2, stage 3 3+7*2, stage 4 3+2+3+2; conv5 1, the head's linear 1
     assert ops.count("HardSwish") == 1 + (3 + 3 * 2) + (3 + 7 * 2) + (3 + 2 + 3 + 2) + 1 + 1
     assert ops.count("HardSigmoid") == 8 + 4 + 1  # the SE of every stage-3/4 unit, and the head's
-    assert "BatchNormalization" not in ops  # the SE's BN too (conv, BN, ReLU in one Sequential)
+    assert "BatchNormalization" not in ops
+
+
+def test_every_batchnorm_folds_the_se_ones_too(plus: nn.Module, batch: torch.Tensor) -> None:
+    """The SE's conv, BN and ReLU sit in one Sequential, so deploy.folding folds that BN like the others."""
+    folded = fold_batchnorm(plus)
+    assert not any(isinstance(module, nn.BatchNorm2d) for module in folded.modules())
+    torch.testing.assert_close(reference(folded, batch), reference(plus, batch), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
