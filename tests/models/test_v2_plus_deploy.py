@@ -6,6 +6,7 @@ v1/v2 never exported; each runtime must run them and agree with PyTorch.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import onnx
@@ -15,6 +16,7 @@ from torch import nn
 
 from deploy.helpers import IMG, NUM_CLASSES, assert_close_logits, reference, synthetic_batch, trained
 from shufflenet import deploy
+from shufflenet.cli import main
 from shufflenet.deploy.folding import fold_batchnorm
 from shufflenet.deploy.formats.common import module_available
 from shufflenet.transforms import Preprocessing
@@ -128,3 +130,15 @@ def test_tflite_export_runs_in_litert(plus: nn.Module, batch: torch.Tensor, tmp_
     ref = reference(plus, batch[:4])
     got = load_tflite(result.path, threads=1)(batch[:4])
     assert (got - ref).abs().max() <= 1e-4 * max(1.0, ref.abs().max().item())
+
+
+def test_cli_bench_rows_for_v2_plus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "bench.json"
+    args = ["bench", "--model", ARCH, "--img-size", "32", "--batch-sizes", "1,2", "--backends", "torch,onnxruntime"]
+    assert main([*args, "--precisions", "fp32", "--threads", "1", "--time", "0.02", "--json", str(out), "--quiet"]) == 0
+    assert ARCH in capsys.readouterr().out
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["label"] for row in rows] == ["shufflenet eager", "torch fp32", "onnxruntime fp32"] * 2
+    assert all(row["max_abs_diff"] <= 1e-4 and row["top1_agreement"] == 1.0 for row in rows)
+    assert all(row["img_per_s"] > 0 for row in rows)
