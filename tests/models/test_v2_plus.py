@@ -168,3 +168,19 @@ def test_features_only_and_timm_feature_list_give_the_same_maps() -> None:
             assert want.shape[2:] == (64 // stride, 64 // stride)
             torch.testing.assert_close(got, want, rtol=0, atol=0)
     assert "conv5.0.weight" not in ours.state_dict() and "fc.weight" not in ours.state_dict()
+
+
+def test_cli_models_lists_v2_plus_with_megvii_figures_and_its_own_feature_levels(capsys) -> None:
+    from shufflenet.cli import main
+
+    assert main(["models", "shufflenet_v2_plus_*"]) == 0
+    lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if "_plus_" in line}
+    for size in tables.V2_PLUS_SIZES:
+        row = lines[f"shufflenet_v2_plus_{size}"]
+        assert row[1] == f"{tables.V2_PLUS_OFFICIAL_PARAMS[size]:,}"
+        assert row[4] == str(tables.V2_PLUS_README[size]["mflops"])
+        assert "megvii" in row and abs(float(row[-1])) < 2
+    assert main(["models", "--features", "shufflenet_v2_*"]) == 0
+    plus_table, v2_table = capsys.readouterr().out.split("\n\n")[:2]
+    assert "0: stage1 /4" in plus_table and "shufflenet_v2_plus_small" in plus_table and "_x1_0" not in plus_table
+    assert "0: maxpool /4" in v2_table and "shufflenet_v2_x1_0" in v2_table and "_plus_" not in v2_table
