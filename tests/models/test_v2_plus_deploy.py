@@ -142,3 +142,10 @@ def test_cli_bench_rows_for_v2_plus(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert [row["label"] for row in rows] == ["shufflenet eager", "torch fp32", "onnxruntime fp32"] * 2
     assert all(row["max_abs_diff"] <= 1e-4 and row["top1_agreement"] == 1.0 for row in rows)
     assert all(row["img_per_s"] > 0 for row in rows)
+
+
+def test_torchscript_export_matches_at_any_batch(plus: nn.Module, batch: torch.Tensor, tmp_path: Path) -> None:
+    path = deploy.export_torchscript(plus, tmp_path / "plus.pt", img_size=IMG)
+    loaded = torch.jit.load(str(path))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(batch[:5]), reference(plus, batch[:5]), rtol=1e-4, atol=1e-4)
