@@ -115,10 +115,15 @@ def test_head_se_linear_and_bias_free_classifier() -> None:
     assert model.fc.bias is None and model.fc.out_features == 3 and model(x).shape == (2, 3)
 
 
-def test_hswish_and_hsigmoid_are_megvii_clamp_formula() -> None:
+def test_the_models_hswish_and_hsigmoid_are_megvii_clamp_formula() -> None:
+    """megvii's HS: x * clamp(x + 3, 0, 6) / 6, and the SE gate clamp(x + 3, 0, 6) / 6, as the model's modules."""
+    model = ShuffleNetV2Plus("small")
     x = torch.linspace(-5, 5, 1001, dtype=torch.float64)
-    torch.testing.assert_close(nn.Hardswish()(x), x * torch.clamp(x + 3, 0, 6) / 6, rtol=0, atol=1e-15)
-    torch.testing.assert_close(nn.Hardsigmoid()(x), torch.clamp(x + 3, 0, 6) / 6, rtol=0, atol=1e-15)
+    hswish = [model.conv1[-1], model.conv5[-1], model.head_linear[-1], model.stage2[1].branch_main[2]]
+    for activation in hswish:
+        torch.testing.assert_close(activation(x), x * torch.clamp(x + 3, 0, 6) / 6, rtol=0, atol=1e-15)
+    for gate in (model.head_se.gate, model.stage3[0].branch_main[-1].gate):
+        torch.testing.assert_close(gate(x), torch.clamp(x + 3, 0, 6) / 6, rtol=0, atol=1e-15)
 
 
 def test_analysis_counts_hswish_se_linear_and_large_kernels_by_hand() -> None:
