@@ -98,8 +98,8 @@ class PlusUnit(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Apply the unit; the output is [projection or even input channels, main branch]."""
         if self.stride == 1:
-            shortcut, x = channel_shuffle(x, self.split_groups).chunk(2, dim=1)
-            return torch.cat((shortcut, self.branch_main(x)), dim=1)
+            even, odd = channel_shuffle(x, self.split_groups).chunk(2, dim=1)
+            return torch.cat((even, self.branch_main(odd)), dim=1)
         return torch.cat((self.branch_proj(x), self.branch_main(x)), dim=1)
 
 
