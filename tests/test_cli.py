@@ -17,7 +17,7 @@ def test_models_table_and_json(tmp_path, capsys) -> None:
     path = tmp_path / "models.json"
     assert main(["models", "--json", str(path)]) == 0
     rows = json.loads(path.read_text())
-    assert len(rows) == 29
+    assert len(rows) == 32  # v1: 25, v2: 4, V2+: 3
     g3 = next(r for r in rows if r["name"] == "shufflenet_v1_g3_x1_0")
     assert g3["paper_mflops"] == 137 and abs(g3["mflops"] - 137) / 137 < 0.02 and g3["mac_m"] > 0
 

@@ -143,3 +143,34 @@ V2_TABLE8_SHUFFLENET: dict[str, dict[str, float]] = {
     "shufflenet_v2_x2_0": {"mflops": 591, "top1_err": 25.1, "gpu": 217, "arm": 6.7},
     "shufflenet_v1_g3_x2_0": {"mflops": 524, "top1_err": 26.3, "gpu": 133, "arm": 6.4},
 }
+
+# ---------------------------------------------------------------- ShuffleNetV2+ (megvii-model/ShuffleNet-Series)
+# The V2 authors' own extension (ShuffleNetV2+/network.py, blocks.py, README.md): v2 units with 3x3/5x5/7x7
+# depthwise kernels, an Xception-style unit, squeeze-excitation and h-swish. No paper; the code is the source.
+V2_PLUS_SIZES: tuple[str, ...] = ("small", "medium", "large")
+V2_PLUS_STEM_CHANNELS = 16
+V2_PLUS_STAGE_REPEATS: tuple[int, int, int, int] = (4, 4, 8, 4)
+# Output channels of stages 1-4 per size (network.py's stage_out_channels[2:6]).
+V2_PLUS_STAGE_CHANNELS: dict[str, tuple[int, int, int, int]] = {
+    "small": (36, 104, 208, 416),
+    "medium": (48, 128, 256, 512),
+    "large": (68, 168, 336, 672),
+}
+V2_PLUS_HEAD_CHANNELS = 1280  # conv_last, the head's SE and its hidden linear layer
+# The unit at each of the 20 positions (train.py's `architecture`, the same for every size):
+# 0/1/2 = shuffle unit with a 3x3/5x5/7x7 depthwise kernel, 3 = Xception unit (three depthwise-3x3 + 1x1 pairs).
+V2_PLUS_ARCHITECTURE: tuple[int, ...] = (0, 0, 3, 1, 1, 1, 0, 0, 2, 0, 2, 1, 1, 0, 2, 0, 2, 1, 3, 2)
+V2_PLUS_UNIT_KERNELS: dict[int, int] = {0: 3, 1: 5, 2: 7}
+V2_PLUS_XCEPTION = 3
+V2_PLUS_HSWISH_FROM_STAGE = 2  # stage 1 uses ReLU, stages 2-4 h-swish
+V2_PLUS_SE_FROM_STAGE = 3  # squeeze-excitation at the end of the main branch in stages 3 and 4
+V2_PLUS_SE_REDUCTION = 4
+V2_PLUS_DROPOUT = 0.2
+# README.md's table: FLOPs (millions of multiply-adds), params (millions), top-1 / top-5 error (%), 224x224.
+V2_PLUS_README: dict[str, dict[str, float]] = {
+    "large": {"mflops": 360, "mparams": 6.7, "top1_err": 22.9, "top5_err": 6.7},
+    "medium": {"mflops": 222, "mparams": 5.6, "top1_err": 24.3, "top5_err": 7.4},
+    "small": {"mflops": 156, "mparams": 5.1, "top1_err": 25.9, "top5_err": 8.3},
+}
+# Exact parameter counts of the official network.py (1000 classes), which ours must equal.
+V2_PLUS_OFFICIAL_PARAMS: dict[str, int] = {"large": 6_768_220, "medium": 5_679_840, "small": 5_137_116}

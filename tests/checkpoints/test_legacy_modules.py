@@ -43,6 +43,7 @@ def test_converters_names_are_the_formats_objects() -> None:
         "megvii ShuffleNet v1",
         "mmpretrain ShuffleNet v1",
         "mmpretrain ShuffleNet v2",
+        "megvii ShuffleNetV2+",
     ]
 
 

@@ -11,6 +11,7 @@ from shufflenet.models.features import FeatureInfo, ShuffleNetFeatures
 
 STRIDES = (4, 8, 16, 32, 32)
 MODULES = ("maxpool", "stage2", "stage3", "stage4", "conv5")
+PLUS_MODULES = ("stage1", "stage2", "stage3", "stage4", "conv5")  # ShuffleNetV2+: no max-pool, four stages
 
 
 def _nearest_multiple(value: float, divisor: int) -> int:
@@ -22,6 +23,8 @@ def paper_channels(name: str) -> tuple[int, ...]:
     info = model_info(name)
     if info.family == "shufflenet_v2":
         return tables.V2_TABLE5_CHANNELS[info.width_mult]
+    if info.family == "shufflenet_v2_plus":
+        return (*tables.V2_PLUS_STAGE_CHANNELS[info.extra["size"]], tables.V2_PLUS_HEAD_CHANNELS)
     key = (info.groups, info.width_mult)
     if key in tables.V1_MEGVII_CHANNELS:
         return tables.V1_MEGVII_CHANNELS[key]
@@ -57,7 +60,8 @@ def test_every_level_shape_channels_and_stride(name: str) -> None:
     info = features.feature_info
     assert info.channels() == list(expected)
     assert info.reduction() == list(STRIDES[:levels])
-    assert info.module_name() == list(MODULES[:levels])
+    modules = PLUS_MODULES if model_info(name).family == "shufflenet_v2_plus" else MODULES
+    assert info.module_name() == list(modules[:levels])
     assert len(info) == levels
     torch.testing.assert_close(maps[-1], last, rtol=0, atol=0)  # the deepest level is forward_features
 

@@ -6,13 +6,14 @@ from shufflenet import create_model, list_models, model_info
 
 def test_list_models_names_follow_torchvision() -> None:
     names = list_models()
-    assert len(names) == 29
+    assert len(names) == 32
+    assert {"shufflenet_v2_plus_small", "shufflenet_v2_plus_medium", "shufflenet_v2_plus_large"} <= set(names)
     assert {"shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0"} <= set(names)
     assert "shufflenet_v1_g3_x1_0" in names and "shufflenet_v1_g8_x0_25" in names
     assert list_models("shufflenet_v1_g3_*") == [f"shufflenet_v1_g3_x{w}" for w in ("0_25", "0_5", "1_0", "1_5", "2_0")]
 
 
-@pytest.mark.parametrize("name", ["shufflenet_v2_x0_5", "shufflenet_v1_g2_x0_25"])
+@pytest.mark.parametrize("name", ["shufflenet_v2_x0_5", "shufflenet_v1_g2_x0_25", "shufflenet_v2_plus_small"])
 def test_uniform_model_api(name: str) -> None:
     model = create_model(name, num_classes=10).eval()
     x = torch.randn(2, 3, 64, 64)

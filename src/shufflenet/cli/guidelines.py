@@ -48,6 +48,18 @@ MODEL_COLUMNS = [
     ("paper_arm_relative", "ARM vs v1"),
 ]
 
+PLUS_COLUMNS = [
+    ("name", "model"),
+    ("mflops", "MFLOPs"),
+    ("paper_mflops", "megvii/paper MFLOPs"),
+    ("mmac", "MAC (M)"),
+    ("images_per_s", "img/s"),
+    ("spread_pct", "IQR %"),
+    ("images_per_s_best", "best"),
+    ("relative", "vs v2 1x"),
+    ("gflops_per_s", "GFLOP/s"),
+]
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the subcommand."""
@@ -126,18 +138,18 @@ def format_report(results: dict[str, Any]) -> str:
         f">= {settings['min_time']} s, paper widths: {settings['profile']}; load average "
         f"{_load(machine['loadavg'])} before, {_load(settings['loadavg_after'])} after; {settings['seconds']} s.",
         "img/s = median images per second, IQR % = interquartile range / median, best = fastest repeat; "
-        "rel = throughput / first row (v1_vs_v2: v2 / v1 at the same width). Paper: GPU batches/s (GTX 1080Ti), "
-        "ARM images/s (Snapdragon 810).",
+        "rel = throughput / first row (v1_vs_v2: v2 / v1 at the same width; v2_plus: / v2 1.0x). "
+        "Paper: GPU batches/s (GTX 1080Ti), ARM images/s (Snapdragon 810).",
     ]
     for experiment in EXPERIMENTS:
         rows = results.get(experiment)
         if not rows:
             continue
-        columns = MODEL_COLUMNS if experiment == "v1_vs_v2" else MICRO_COLUMNS
+        columns = {"v1_vs_v2": MODEL_COLUMNS, "v2_plus": PLUS_COLUMNS}.get(experiment, MICRO_COLUMNS)
         lines.append(f"\n== {experiment}: {TITLES[experiment]}")
         for multiplier in dict.fromkeys(r["multiplier"] for r in rows):
             group = [r for r in rows if r["multiplier"] == multiplier]
-            if experiment != "v1_vs_v2":
+            if experiment not in ("v1_vs_v2", "v2_plus"):
                 lines.append(f"-- x{multiplier:g}")
             lines.append(format_table(group, columns))
         lines.append(results["verdicts"][experiment]["text"])

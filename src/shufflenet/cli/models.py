@@ -67,12 +67,19 @@ def _print_features(names: list[str], json_path: str | None) -> int:
         write_json(json_path, rows)
         if json_path == "-":
             return 0
-    num_levels = max(len(row["levels"]) for row in rows)
-    first = max(rows, key=lambda row: len(row["levels"]))["levels"]
-    columns = [("name", "model")] + [
-        (str(i), f"{i}: {first[i]['module']} /{first[i]['reduction']}") for i in range(num_levels)
-    ]
-    table = [{"name": row["name"], **{str(lvl["index"]): lvl["num_chs"] for lvl in row["levels"]}} for row in rows]
-    print(format_table(table, columns))
+    # v1/v2 name their levels maxpool, stage2-4, conv5 and V2+ stage1-4, conv5: one table per naming.
+    by_modules: dict[tuple[str, ...], list[dict]] = {}
+    for row in rows:
+        by_modules.setdefault(tuple(lvl["module"] for lvl in row["levels"][:4]), []).append(row)
+    tables = []
+    for group in by_modules.values():
+        num_levels = max(len(row["levels"]) for row in group)
+        first = max(group, key=lambda row: len(row["levels"]))["levels"]
+        columns = [("name", "model")] + [
+            (str(i), f"{i}: {first[i]['module']} /{first[i]['reduction']}") for i in range(num_levels)
+        ]
+        table = [{"name": row["name"], **{str(lvl["index"]): lvl["num_chs"] for lvl in row["levels"]}} for row in group]
+        tables.append(format_table(table, columns))
+    print("\n\n".join(tables))
     print("\nChannels per out_indices entry (header: index: module /stride); default out_indices (0, 1, 2, 3).")
     return 0

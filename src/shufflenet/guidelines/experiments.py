@@ -4,6 +4,10 @@ Ma et al. 2018 (Sec. 2) validate each guideline with a micro-benchmark: a small 
 56x56 input, FLOPs held fixed across the rows of an experiment, run at channel multipliers x1/x2/x4 (Tables
 1-4); Table 8 then compares whole networks. The widths and the paper's figures come from :mod:`shufflenet.tables`.
 
+A sixth experiment, ``v2_plus``, asks G4's question of the V2 authors' later ShuffleNetV2+: do its squeeze-excitation
+and h-swish (0 FLOPs, or nearly) cost more time than their FLOPs say? It times V2+ Small beside copies of itself
+without SE and with ReLU for h-swish, and the V2+ sizes beside the v2 widths of similar FLOPs.
+
 Choices the paper leaves open (documented in docs/guidelines.md):
 
 * Blocks are bare convolutions without bias or BatchNorm (the paper runs with BN fused away); G1-G3 have no
@@ -27,7 +31,7 @@ from torch import Tensor, nn
 from shufflenet import tables
 from shufflenet.analysis import analyze, mac_lower_bound
 
-EXPERIMENTS: tuple[str, ...] = ("G1", "G2", "G3", "G4", "v1_vs_v2")
+EXPERIMENTS: tuple[str, ...] = ("G1", "G2", "G3", "G4", "v1_vs_v2", "v2_plus")
 PROFILES: tuple[str, ...] = ("arm", "gpu")
 TITLES: dict[str, str] = {
     "G1": "equal channel width minimises MAC",
@@ -35,6 +39,7 @@ TITLES: dict[str, str] = {
     "G3": "network fragmentation reduces parallelism",
     "G4": "element-wise operations are not negligible",
     "v1_vs_v2": "ShuffleNet v2 is faster than v1 (g=3) at equal width",
+    "v2_plus": "FLOPs are not speed: ShuffleNetV2+'s SE and h-swish (G4)",
 }
 DEFAULT_BATCH_SIZE = 8  # the paper's GPU batch (Fig. 1); big enough that per-call overhead does not dominate
 
@@ -44,6 +49,9 @@ G4_ROWS: dict[tuple[bool, bool], str] = {
     (False, True): "shortcut only",
     (False, False): "no ReLU/shortcut",
 }
+# v2_plus: copies of one V2+ size with its SE removed and/or its h-swish replaced by ReLU (name suffix -> variant).
+V2_PLUS_VARIANTS: dict[str, str] = {"no SE": "no_se", "ReLU": "relu", "no SE, ReLU": "no_se+relu"}
+V2_PLUS_BASELINE = "shufflenet_v2_x1_0"  # the first row: v2 at about V2+ Small's FLOPs
 G3_ROWS: dict[str, tuple[str, int]] = {  # name -> (arrangement, number of 1x1 convs)
     "1-fragment": ("series", 1),
     "2-fragment-series": ("series", 2),
@@ -58,7 +66,8 @@ class BenchSpec:
     """One row of one experiment at one channel multiplier: what to build and what the paper measured there.
 
     ``kind`` is ``pair`` (G1: c1 -> c2 -> c1), ``group`` (G2), ``series`` / ``parallel`` (G3), ``bottleneck``
-    (G4) or ``model`` (a registered network, v1_vs_v2). For v1_vs_v2, ``multiplier`` is the model width.
+    (G4) or ``model`` (a registered network, v1_vs_v2 and v2_plus). For v1_vs_v2, ``multiplier`` is the model
+    width. ``variant`` (v2_plus) changes a V2+ model before timing: ``no_se``, ``relu`` or ``no_se+relu``.
     """
 
     experiment: str
@@ -75,6 +84,7 @@ class BenchSpec:
     paper_gpu: float | None = None
     paper_arm: float | None = None
     paper_mflops: float | None = None
+    variant: str = ""
 
     @property
     def in_chans(self) -> int:
@@ -94,6 +104,8 @@ class BenchSpec:
             return f"{self.channels[0]}->{self.convs}x{self.channels[1]}"
         if self.kind == "bottleneck":
             return f"{self.channels[0]}-{self.channels[1]}-{self.channels[0]}"
+        if self.experiment == "v2_plus":
+            return self.name.removeprefix("shufflenet_")
         return f"{self.model.split('_')[1]} x{self.multiplier:g}"
 
 
@@ -105,6 +117,7 @@ class GuidelineConfig:
     profile: str | None = None  # paper widths to use: "arm" or "gpu"; None picks by device
     multipliers: tuple[float, ...] = tables.V2_GUIDELINE_MULTIPLIERS
     model_widths: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
+    plus_sizes: tuple[str, ...] = tables.V2_PLUS_SIZES  # v2_plus: the first size also gets the SE/ReLU variants
     experiments: tuple[str, ...] = EXPERIMENTS
     batch_size: int = DEFAULT_BATCH_SIZE
     repeats: int = 7
@@ -119,8 +132,9 @@ class GuidelineConfig:
 
     @classmethod
     def quick(cls, **overrides: Any) -> GuidelineConfig:
-        """The quick variant: x1 only, width 1.0 only, 3 repeats of at least 0.1 s."""
-        base = {"multipliers": (1,), "model_widths": (1.0,), "repeats": 3, "warmup": 2, "min_time": 0.1}
+        """The quick variant: x1 only, width 1.0 only, V2+ Small only, 3 repeats of at least 0.1 s."""
+        base = {"multipliers": (1,), "model_widths": (1.0,), "plus_sizes": ("small",), "repeats": 3}
+        base.update({"warmup": 2, "min_time": 0.1})
         return cls(**{**base, **overrides})
 
     def resolved_profile(self) -> str:
@@ -158,6 +172,7 @@ def experiment_specs(
     input_size: int = tables.V2_GUIDELINE_INPUT_SIZE,
     model_widths: Sequence[float] = (0.5, 1.0, 1.5, 2.0),
     model_input_size: int = 224,
+    plus_sizes: Sequence[str] = tables.V2_PLUS_SIZES,
 ) -> list[BenchSpec]:
     """The rows of ``experiment`` (one of :data:`EXPERIMENTS`) at each multiplier, widths from the paper."""
     if profile not in PROFILES:
@@ -165,6 +180,8 @@ def experiment_specs(
     specs: list[BenchSpec] = []
     if experiment == "v1_vs_v2":
         return _model_specs(model_widths, model_input_size)
+    if experiment == "v2_plus":
+        return _plus_specs(plus_sizes, model_input_size)
     for m in multipliers:
         if experiment == "G1":
             for name, row in tables.V2_TABLE1_G1.items():
@@ -201,7 +218,7 @@ def _model_specs(widths: Sequence[float], input_size: int) -> list[BenchSpec]:
     by_width: dict[str, dict[float, str]] = {"v1": {}, "v2": {}}
     for name in list_models("shufflenet_v1_g3_*"):
         by_width["v1"][model_info(name).width_mult] = name
-    for name in list_models("shufflenet_v2_*"):
+    for name in list_models("shufflenet_v2_x*"):  # not the V2+ sizes
         by_width["v2"][model_info(name).width_mult] = name
     specs = []
     for width in widths:
@@ -225,6 +242,46 @@ def _model_specs(widths: Sequence[float], input_size: int) -> list[BenchSpec]:
                 )
             )
     return specs
+
+
+def _plus_specs(sizes: Sequence[str], input_size: int) -> list[BenchSpec]:
+    """v2 1.0x, then each V2+ size (the first with its SE/ReLU variants), with v2 1.5x beside Medium/Large."""
+    unknown = [size for size in sizes if size not in tables.V2_PLUS_SIZES]
+    if unknown or not sizes:
+        raise ValueError(f"V2+ sizes must be some of {tables.V2_PLUS_SIZES}, got {list(sizes)}")
+
+    def row(name: str, model: str, variant: str = "", paper_mflops: float | None = None) -> BenchSpec:
+        return BenchSpec(
+            "v2_plus", name, 1, "model", model=model, variant=variant, input_size=input_size, paper_mflops=paper_mflops
+        )
+
+    specs = [row(V2_PLUS_BASELINE, V2_PLUS_BASELINE, paper_mflops=tables.V2_TABLE5_MFLOPS[1.0])]
+    for i, size in enumerate(sorted(sizes, key=tables.V2_PLUS_SIZES.index)):
+        if size != "small" and "shufflenet_v2_x1_5" not in [s.name for s in specs]:
+            specs.append(row("shufflenet_v2_x1_5", "shufflenet_v2_x1_5", paper_mflops=tables.V2_TABLE5_MFLOPS[1.5]))
+        model = f"shufflenet_v2_plus_{size}"
+        specs.append(row(model, model, paper_mflops=tables.V2_PLUS_README[size]["mflops"]))
+        if i == 0:
+            specs += [row(f"{model} {suffix}", model, variant) for suffix, variant in V2_PLUS_VARIANTS.items()]
+    return specs
+
+
+def plus_variant(model: nn.Module, variant: str) -> nn.Module:
+    """``model`` (a ShuffleNetV2+) with every SE replaced by nn.Identity (``no_se``) and/or every h-swish by ReLU
+    (``relu``), in place; ``no_se+relu`` does both."""
+    from shufflenet.models.v2_plus import SqueezeExcite
+
+    parts = set(variant.split("+"))
+    if not parts <= {"no_se", "relu"}:
+        raise ValueError(f"unknown V2+ variant {variant!r}; valid: {sorted(V2_PLUS_VARIANTS.values())}")
+    replace_by: dict[type[nn.Module], type[nn.Module]] = {SqueezeExcite: nn.Identity} if "no_se" in parts else {}
+    if "relu" in parts:
+        replace_by[nn.Hardswish] = nn.ReLU
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if type(child) in replace_by:
+                setattr(parent, name, replace_by[type(child)]())
+    return model
 
 
 def _conv(c_in: int, c_out: int, kernel: int = 1, groups: int = 1) -> nn.Conv2d:
@@ -286,7 +343,8 @@ def build_model(spec: BenchSpec, blocks: int = tables.V2_GUIDELINE_BLOCKS) -> nn
     if spec.kind == "model":
         from shufflenet.models import create_model
 
-        return create_model(spec.model)
+        model = create_model(spec.model)
+        return plus_variant(model, spec.variant) if spec.variant else model
     return nn.Sequential(*(_block(spec) for _ in range(blocks)))
 
 

@@ -15,8 +15,8 @@ def plot_results(results: dict[str, Any]) -> Figure:
     """One panel per experiment: our throughput relative to the first row (bars, one per multiplier, with the
     interquartile range), the paper's GPU and ARM figures normalised the same way (markers)."""
     experiments = [e for e in EXPERIMENTS if results.get(e)]
-    fig = Figure(figsize=(16, 9), layout="constrained")
-    axes = fig.subplots(2, 3).ravel()
+    fig = Figure(figsize=(20, 9), layout="constrained")
+    axes = fig.subplots(2, 4).ravel()
     settings = results.get("settings", {})
     machine = settings.get("machine", {})
     fig.suptitle(
@@ -68,7 +68,8 @@ def plot_results(results: dict[str, Any]) -> Figure:
                         label=f"paper {who}" if j == 0 else None,
                     )
         ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
-        ax.set_xticks(range(len(names)), names, rotation=20 if experiment == "G3" else 0, fontsize=8)
+        labels = [name.removeprefix("shufflenet_") for name in names]
+        ax.set_xticks(range(len(names)), labels, rotation=20 if experiment in ("G3", "v2_plus") else 0, fontsize=8)
         ylabel = "v2 / v1 throughput" if experiment == "v1_vs_v2" else "throughput / first row"
         ax.set_ylabel(ylabel)
         verdict = results.get("verdicts", {}).get(experiment, {}).get("verdict", "")

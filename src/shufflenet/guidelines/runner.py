@@ -128,6 +128,7 @@ def _run_experiment(
         config.input_size,
         config.model_widths,
         config.model_input_size,
+        config.plus_sizes,
     )
     rows: list[dict[str, Any]] = []
     groups: dict[float, list[BenchSpec]] = {}
@@ -161,6 +162,7 @@ def _run_experiment(
                 row["paper_mflops"] = spec.paper_mflops
             row["mflops"] = row["flops"] / 1e6
             row["mmac"] = row["mac"] / 1e6
+            row["gflops_per_s"] = row["images_per_s"] * row["flops"] / 1e9  # what FLOPs predict stays constant
             row["mac_vs_bound"] = row["mac"] / row["mac_bound"] if row["mac_bound"] else None
             if base is None:
                 base = row

@@ -18,6 +18,7 @@ from shufflenet.models.registry import (
 )
 from shufflenet.models.v1 import ShuffleNetV1, stage_channels
 from shufflenet.models.v2 import ShuffleNetV2
+from shufflenet.models.v2_plus import ShuffleNetV2Plus
 
 
 def width_suffix(width_mult: float) -> str:
@@ -31,6 +32,10 @@ def _build_v1(groups: int, width_mult: float, **kwargs: Any) -> ShuffleNetV1:
 
 def _build_v2(width_mult: float, **kwargs: Any) -> ShuffleNetV2:
     return ShuffleNetV2(width_mult=width_mult, **kwargs)
+
+
+def _build_v2_plus(size: str, **kwargs: Any) -> ShuffleNetV2Plus:
+    return ShuffleNetV2Plus(size=size, **kwargs)
 
 
 def _register_all() -> None:
@@ -65,6 +70,17 @@ def _register_all() -> None:
                 paper_mflops_source=source,
             )
             register_model(info, partial(_build_v1, groups, width))
+    for size in tables.V2_PLUS_SIZES:
+        info = ModelInfo(
+            name=f"shufflenet_v2_plus_{size}",
+            family="shufflenet_v2_plus",
+            width_mult=1.0,  # the sizes are stage-width tables, not multiples of one
+            paper_mflops=tables.V2_PLUS_README[size]["mflops"],
+            paper_mflops_source="megvii README",
+            paper_params=tables.V2_PLUS_OFFICIAL_PARAMS[size],
+            extra={"size": size},
+        )
+        register_model(info, partial(_build_v2_plus, size))
 
 
 _register_all()
@@ -76,6 +92,7 @@ __all__ = [
     "ShuffleNetFeatures",
     "ShuffleNetV1",
     "ShuffleNetV2",
+    "ShuffleNetV2Plus",
     "channel_shuffle",
     "create_model",
     "feature_info",

@@ -8,6 +8,8 @@ Levels (``out_indices``), for v1 and v2 at every width:
 
 With the tiny-image stem (``small_input=True``, no max-pool) every stride is 2x smaller: 2, 4, 8, 16, 16.
 
+ShuffleNetV2+ names its own levels (``feature_modules``): stages 1-4 at strides 4, 8, 16, 32 and conv5 at 32.
+
 The channels come from the model (``stage_out_channels``, built from the papers' tables in
 ``shufflenet.tables``). The feature model keeps the classification model's module and key names
 (``conv1.0.weight``, ``stage2.0.branch1.0.weight``, ...) and drops ``fc`` (and ``conv5`` unless level 4 is
@@ -32,6 +34,11 @@ FEATURE_REDUCTIONS: tuple[int, ...] = (4, 8, 16, 32, 32)
 DEFAULT_OUT_INDICES: tuple[int, ...] = (0, 1, 2, 3)
 
 
+def feature_modules(model: nn.Module) -> tuple[str, ...]:
+    """The modules whose outputs are the levels: the model's ``feature_modules`` (V2+) or v1/v2's names."""
+    return tuple(getattr(model, "feature_modules", FEATURE_MODULES))
+
+
 def feature_info(model: nn.Module) -> list[dict[str, Any]]:
     """timm-style ``feature_info`` dicts (num_chs, reduction, module, index) of a ShuffleNet v1/v2, one per level.
 
@@ -41,7 +48,7 @@ def feature_info(model: nn.Module) -> list[dict[str, Any]]:
     if channels is None:
         raise TypeError(f"{type(model).__name__} is not a ShuffleNet v1/v2 model (it has no stage_out_channels)")
     # v1's stage_out_channels stop at stage 4, v2's go on to conv5: the levels are as many as the channels.
-    levels = zip(channels, FEATURE_REDUCTIONS, FEATURE_MODULES, strict=False)
+    levels = zip(channels, FEATURE_REDUCTIONS, feature_modules(model), strict=False)
     # The tiny-image stem (small_input) has stride stem_reduction instead of 4: every level is that much finer.
     stem_reduction = getattr(model, "stem_reduction", FEATURE_REDUCTIONS[0])
     return [
@@ -55,7 +62,9 @@ def feature_info(model: nn.Module) -> list[dict[str, Any]]:
     ]
 
 
-def resolve_out_indices(out_indices: Sequence[int] | None, num_levels: int) -> tuple[int, ...]:
+def resolve_out_indices(
+    out_indices: Sequence[int] | None, num_levels: int, names: Sequence[str] = FEATURE_MODULES
+) -> tuple[int, ...]:
     """Sorted, de-duplicated levels; negative indices count from the last level; errors name the valid range."""
     if out_indices is None:
         return DEFAULT_OUT_INDICES
@@ -66,7 +75,7 @@ def resolve_out_indices(out_indices: Sequence[int] | None, num_levels: int) -> t
         if not isinstance(index, int) or not -num_levels <= index < num_levels:
             raise ValueError(
                 f"out_indices entry {index!r} is not a level of this model; valid: 0..{num_levels - 1} "
-                f"({', '.join(f'{i}={m}' for i, m in enumerate(FEATURE_MODULES[:num_levels]))}) or negative"
+                f"({', '.join(f'{i}={m}' for i, m in enumerate(names[:num_levels]))}) or negative"
             )
         resolved.add(index % num_levels)
     if not resolved:
@@ -130,14 +139,15 @@ class ShuffleNetFeatures(nn.Module):
     def __init__(self, model: nn.Module, out_indices: Sequence[int] | None = None) -> None:
         super().__init__()
         info = feature_info(model)
-        self.out_indices = resolve_out_indices(out_indices, len(info))
+        modules = feature_modules(model)
+        self.out_indices = resolve_out_indices(out_indices, len(info), modules)
         self.feature_info = FeatureInfo(info, self.out_indices)
         self.in_chans = model.in_chans
         last = self.out_indices[-1]
         # conv1, then the modules of levels 0..last in forward order; fc (and conv5 unless asked for) are dropped.
-        for name in ("conv1", *FEATURE_MODULES[: last + 1]):
+        for name in ("conv1", *modules[: last + 1]):
             self.add_module(name, getattr(model, name))
-        self.return_modules = [FEATURE_MODULES[i] for i in self.out_indices]
+        self.return_modules = [modules[i] for i in self.out_indices]
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """Feature maps of the selected levels, shallowest first: (N, channels[i], H/stride[i], W/stride[i])."""

@@ -20,7 +20,7 @@ class ModelInfo:
     """What the registry knows about a model name: family, configuration and the papers' figures."""
 
     name: str
-    family: str  # "shufflenet_v1" or "shufflenet_v2"
+    family: str  # "shufflenet_v1", "shufflenet_v2" or "shufflenet_v2_plus"
     width_mult: float
     groups: int | None = None
     paper_mflops: float | None = None

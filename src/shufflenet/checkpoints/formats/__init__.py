@@ -8,13 +8,19 @@ A new format goes in its own module here: describe it as a :class:`~shufflenet.c
 from __future__ import annotations
 
 from shufflenet.checkpoints.adapters import register_adapter
-from shufflenet.checkpoints.formats import megvii, mmpretrain, torchvision
+from shufflenet.checkpoints.formats import megvii, megvii_plus, mmpretrain, torchvision
 from shufflenet.checkpoints.formats.layout import Layout, adapter
 
-LAYOUTS: tuple[Layout, ...] = (megvii.MEGVII_V1, mmpretrain.MMPRETRAIN_V1, mmpretrain.MMPRETRAIN_V2)
+# Every layout is tried before the refusal of megvii's plain v2 files, whose branch_main keys V2+ files share.
+LAYOUTS: tuple[Layout, ...] = (
+    megvii.MEGVII_V1,
+    mmpretrain.MMPRETRAIN_V1,
+    mmpretrain.MMPRETRAIN_V2,
+    megvii_plus.MEGVII_V2_PLUS,
+)
 
 for _layout in LAYOUTS:
     register_adapter(adapter(_layout))
 register_adapter(megvii.MEGVII_V2_REJECTION)
 
-__all__ = ["LAYOUTS", "Layout", "megvii", "mmpretrain", "torchvision"]
+__all__ = ["LAYOUTS", "Layout", "megvii", "megvii_plus", "mmpretrain", "torchvision"]

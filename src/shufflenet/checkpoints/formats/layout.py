@@ -18,7 +18,7 @@ from shufflenet import tables
 from shufflenet.checkpoints.adapters import FormatAdapter
 from shufflenet.checkpoints.files import CheckpointError, unwrap_state_dict
 from shufflenet.checkpoints.formats.v1_shuffle import relabel_v1
-from shufflenet.models import ShuffleNetV1, ShuffleNetV2, list_models, width_suffix
+from shufflenet.models import ShuffleNetV1, ShuffleNetV2, ShuffleNetV2Plus, list_models, width_suffix
 from shufflenet.models.v1 import stage_channels
 from shufflenet.transforms import Preprocessing
 
@@ -31,7 +31,7 @@ class Layout:
 
     name: str
     source: str
-    family: str  # "shufflenet_v1" / "shufflenet_v2"
+    family: str  # "shufflenet_v1" / "shufflenet_v2" / "shufflenet_v2_plus"
     marker: Callable[[Mapping[str, Tensor]], bool]
     key: Callable[[str], str | None]  # our key -> theirs (None: no counterpart)
     shuffle: str  # the file's v1 shuffle order: "paper" or "megvii" ("" for v2)
@@ -69,7 +69,15 @@ def describe(model: nn.Module) -> str:
         return f"ShuffleNetV1(groups={model.groups}, width_mult={model.width_mult})"
     if isinstance(model, ShuffleNetV2):
         return f"ShuffleNetV2(width_mult={model.width_mult})"
+    if isinstance(model, ShuffleNetV2Plus):
+        return f"ShuffleNetV2Plus(size={model.size!r})"
     return type(model).__name__
+
+
+def family_of(model: nn.Module) -> str | None:
+    """The registry family of a model instance (``shufflenet_v1``, ...), None for other modules."""
+    families = {ShuffleNetV1: "shufflenet_v1", ShuffleNetV2: "shufflenet_v2", ShuffleNetV2Plus: "shufflenet_v2_plus"}
+    return next((family for cls, family in families.items() if isinstance(model, cls)), None)
 
 
 def _gather(state: Mapping[str, Tensor], model: nn.Module, layout: Layout, hint: str) -> dict[str, Tensor]:
@@ -112,8 +120,7 @@ def convert(layout: Layout, raw: Mapping[str, Any], model: nn.Module) -> tuple[d
     state = unwrap_state_dict(raw)
     name = infer_from(layout, state)
     hint = f" (its shapes are those of {name}: create_model({name!r}, weights=...))" if name else ""
-    family = "shufflenet_v1" if isinstance(model, ShuffleNetV1) else "shufflenet_v2"
-    if not isinstance(model, ShuffleNetV1 | ShuffleNetV2) or family != layout.family:
+    if family_of(model) != layout.family:
         raise CheckpointError(
             f"the file is a {layout.name} checkpoint but the model is {describe(model)}, another "
             f"architecture{hint or '; build a ' + layout.family + '_* model'}"

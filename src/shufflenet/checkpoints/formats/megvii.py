@@ -1,4 +1,6 @@
-"""megvii-model/ShuffleNet-Series checkpoints: ShuffleNet v1 converts exactly; its v2 family is refused clearly.
+"""megvii-model/ShuffleNet-Series checkpoints: ShuffleNet v1 converts exactly; its ShuffleNetV2 is refused clearly.
+
+Its ShuffleNetV2+ files convert in :mod:`~shufflenet.checkpoints.formats.megvii_plus`.
 
 megvii's v1 shuffles after the depthwise conv, with the inverse of the paper's permutation; see
 :mod:`~shufflenet.checkpoints.formats.v1_shuffle` for why outputs still match exactly.
@@ -79,7 +81,8 @@ def megvii_v2_error() -> CheckpointError:
         "the file is a megvii ShuffleNetV2-family checkpoint (features.N.branch_main). Its stride-2 units "
         "split channels differently from torchvision's layout (projection branch keeps the input width), "
         "so its weights have other shapes and are not supported; use torchvision's ShuffleNet V2 weights, "
-        "which load unchanged, or mmpretrain's (`shufflenet convert --from mmpretrain`)"
+        "which load unchanged, or mmpretrain's (`shufflenet convert --from mmpretrain`); megvii's ShuffleNetV2+ "
+        "files (with LastSE) convert into shufflenet_v2_plus_* models"
     )
 
 
