@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from shufflenet.cli import main
 
 BIN = Path(sys.executable).parent
@@ -26,6 +28,25 @@ def test_unknown_pattern_is_a_one_line_error(capsys) -> None:
     assert main(["models", "resnet*"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("shufflenet models: error: no model matches 'resnet*'") and err.count("\n") == 1
+
+
+def test_a_path_that_is_a_folder_is_a_one_line_error(tmp_path, capsys) -> None:
+    assert main(["models", "shufflenet_v2_x0_5", "--json", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("shufflenet models: error:") and str(tmp_path) in err and err.count("\n") == 1
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch, capsys) -> None:
+    """A TypeError inside the library is shufflenet's bug, not the user's: it must not become a one-line error."""
+    from shufflenet.cli import models
+
+    def buggy_list_models(pattern=None):
+        return sorted(["shufflenet_v2_x0_5", 2])  # a programming error: str < int raises TypeError
+
+    monkeypatch.setattr(models, "list_models", buggy_list_models)
+    with pytest.raises(TypeError, match="'<' not supported"):
+        main(["models"])
+    assert "error:" not in capsys.readouterr().err
 
 
 def test_console_script_and_module_entry_point() -> None:
