@@ -1,5 +1,6 @@
 """The command line as a user runs it: console script, python -m, one-line errors."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import write_images
 from shufflenet.cli import main
 
 BIN = Path(sys.executable).parent
@@ -56,3 +58,84 @@ def test_console_script_and_module_entry_point() -> None:
         [sys.executable, "-m", "shufflenet", "models", "shufflenet_v1_g8_x0_5"], capture_output=True, text=True
     )
     assert module.returncode == 0 and "shufflenet_v1_g8_x0_5" in module.stdout and "megvii" in module.stdout
+
+
+@pytest.fixture(scope="module")
+def user_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(image folders, run folder) of a real 1-epoch `shufflenet train` run: a user's checkpoints."""
+    base = tmp_path_factory.mktemp("user")
+    data, run = base / "data", base / "run"
+    write_images(data / "train", 6)
+    write_images(data / "val", 3, seed=1)
+    tiny = ["--model", "shufflenet_v2_x0_5", "--img-size", "32", "--batch-size", "4", "--device", "cpu", "--quiet"]
+    assert main(["train", "--data", str(data), "--out", str(run), "--epochs", "1", *tiny]) == 0
+    return data, run
+
+
+def files_under(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` with the sha256 of its bytes."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def test_demo_refuses_a_folder_holding_another_run(user_run: tuple[Path, Path], capsys) -> None:
+    _, run = user_run
+    before = files_under(run)
+    assert {"best.pt", "last.pt", "config.json"} <= set(before)
+    assert main(["demo", "--out", str(run), "--epochs", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"shufflenet demo: error: --out {run} is not a demo run folder") and "--overwrite" in err
+    assert files_under(run) == before  # not one byte of the user's run changed, no digits written into it
+
+
+def test_demo_recognises_its_own_run_from_another_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """A demo folder is replaced by the next demo (test_cli_train reruns one), also when named from elsewhere."""
+    from shufflenet.cli.demo import check_demo_folder, is_demo_run
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--out", "demo", "--epochs", "1", "--quiet"]) == 0
+    out = tmp_path / "demo"
+    assert json.loads((out / "config.json").read_text())["options"]["data"] == str(out / "data")
+    monkeypatch.chdir(out / "data")
+    assert is_demo_run(out)
+    check_demo_folder(out, overwrite=False)  # no error: the demo may replace it
+    options = json.loads((out / "config.json").read_text())
+    options["options"]["model"] = "shufflenet_v2_x1_0"  # a run on the demo's data with the user's own options
+    (out / "config.json").write_text(json.dumps(options))
+    assert not is_demo_run(out)
+
+
+def test_eval_writes_nothing_unless_asked(user_run: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    data, run = user_run
+    before = files_under(run)
+    assert main(["eval", "--weights", str(run / "best.pt"), "--data", str(data), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "top-1" in printed and "confusion matrix:" not in printed
+    assert files_under(run) == before
+    out = tmp_path / "eval"
+    assert main(["eval", "--weights", str(run / "best.pt"), "--data", str(data), "--out", str(out), "--quiet"]) == 0
+    assert sorted(files_under(out)) == ["confusion_matrix.json", "confusion_matrix.png"]
+    assert f"confusion matrix: {out / 'confusion_matrix.png'}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["eval", "predict"])
+@pytest.mark.parametrize(
+    ("weights", "options", "named"),
+    [
+        ("best.pt", ["--backend", "onnxruntime"], "--backend onnxruntime"),
+        ("best.pt", ["--precision", "int8"], "--precision int8"),
+        ("model.onnx", [], "the exported file"),
+    ],
+)
+def test_a_gpu_device_with_the_cpu_runtimes_is_an_error_not_ignored(
+    user_run: tuple[Path, Path], command: str, weights: str, options: list[str], named: str, capsys
+) -> None:
+    data, run = user_run
+    where = ["--data", str(data)] if command == "eval" else [str(data / "val")]
+    argv = [command, "--weights", str(run / weights), *where, *options, "--device", "cuda"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"shufflenet {command}: error: --device cuda: {named}") and "runs on the CPU" in err

@@ -19,7 +19,12 @@ PRECISIONS = ("fp32", "bf16", "int8")
 
 def add_inference_options(parser: argparse.ArgumentParser) -> None:
     """The options eval and predict share: device, batch size, inference backend and precision."""
-    parser.add_argument("--device", default="auto", help="auto (default: cuda, mps, cpu), cpu, cuda, mps")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (default: cuda, mps, cpu), cpu, cuda, mps; plain PyTorch only: --backend, --precision and "
+        "exported files run on the CPU",
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     parser.add_argument(
         "--backend",
@@ -88,6 +93,25 @@ def inference_function(
     )
 
 
+def inference_device(device: str, weights: str | Path, backend: str | None, precision: str | None) -> torch.device:
+    """``--device`` for plain PyTorch; the CPU through shufflenet.deploy, whose backends and exported files run there.
+
+    A device other than the CPU asked for alongside them is an error rather than silently ignored.
+    """
+    from shufflenet.devices import resolve_device
+
+    if backend is None and precision is None and not is_exported_file(weights):
+        return resolve_device(device)
+    if device.split(":")[0] not in ("auto", "cpu"):
+        asked = [f"--backend {backend}" if backend else "", f"--precision {precision}" if precision else ""]
+        what = " ".join(filter(None, asked)) or f"the exported file {weights}"
+        raise ValueError(
+            f"--device {device}: {what} runs on the CPU (shufflenet.deploy); leave out --device, or run plain "
+            f"PyTorch on {device} with a checkpoint and without --backend/--precision"
+        )
+    return torch.device("cpu")
+
+
 def is_exported_file(path: str | Path) -> bool:
     """Whether ``path`` names an exported .onnx file or OpenVINO .xml (int8 too) rather than a checkpoint."""
     return Path(path).suffix in (".onnx", ".xml")
@@ -120,8 +144,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--data", metavar="DIR", required=True, help="class-per-folder image tree")
     parser.add_argument("--json", metavar="FILE", help="write all results as JSON ('-' for stdout)")
-    parser.add_argument("--out", metavar="DIR", help="where the confusion matrix goes (default: FILE's folder/eval)")
-    parser.add_argument("--workers", type=int, default=0, help="data-loading processes (default 0)")
+    parser.add_argument(
+        "--out", metavar="DIR", help="write confusion_matrix.png and .json into DIR (default: no files written)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes that read and decode the images beside this one (default 0: this process does)",
+    )
     add_inference_options(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -132,11 +163,10 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from shufflenet.cli.common import setup_logging
-    from shufflenet.devices import resolve_device
     from shufflenet.evaluation import evaluate, load_eval_dataset, write_confusion
 
     setup_logging(args.quiet)
-    device = resolve_device(args.device)
+    device = inference_device(args.device, args.weights, args.backend, args.precision)
     model = load_weights(args.weights, args.backend, device)
     apply_eval_crop(model, args.eval_crop)
     dataset, skipped = load_eval_dataset(args.data, model.class_names, model.preprocessing)
@@ -144,13 +174,11 @@ def run(args: argparse.Namespace) -> int:
     function = inference_function(
         model, args.backend, args.precision, (images for images, _ in loader), weights=args.weights
     )
-    if function is not model or not isinstance(model, nn.Module):
-        device = torch.device("cpu")
     result = evaluate(
         function, loader, model.class_names, device=device, progress=not args.quiet and sys.stderr.isatty()
     )
-    out_dir = Path(args.out) if args.out else Path(args.weights).resolve().parent / "eval"
-    png, js = write_confusion(result, out_dir)
+    # Evaluating is a question about the weights: files only go where the user asked (never beside the weights).
+    written = write_confusion(result, args.out) if args.out else None
     data = result.to_dict()
     data.update(weights=str(args.weights), data=str(args.data), skipped=[[str(p), r] for p, r in skipped])
     data.update(
@@ -171,5 +199,6 @@ def run(args: argparse.Namespace) -> int:
         f"\ntop-1 {result.top1:.4f}  top-{result.topk} {result.top5:.4f}  loss {result.loss:.4f}  "
         f"on {result.num_images} images" + (f" ({len(skipped)} unreadable skipped)" if skipped else "")
     )
-    print(f"confusion matrix: {png} and {js}")
+    if written:
+        print(f"confusion matrix: {written[0]} and {written[1]}")
     return 0

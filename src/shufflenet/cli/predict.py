@@ -11,7 +11,13 @@ import torch
 from torch import Tensor, nn
 
 from shufflenet.cli.common import write_json
-from shufflenet.cli.evaluate import add_inference_options, apply_eval_crop, inference_function, load_weights
+from shufflenet.cli.evaluate import (
+    add_inference_options,
+    apply_eval_crop,
+    inference_device,
+    inference_function,
+    load_weights,
+)
 
 MAX_FIGURE_IMAGES = 64
 
@@ -45,18 +51,15 @@ def run(args: argparse.Namespace) -> int:
     """Predict and print one line per image."""
     from shufflenet.cli.common import setup_logging
     from shufflenet.data import list_image_paths, load_image
-    from shufflenet.devices import resolve_device
     from shufflenet.evaluation import predict
 
     setup_logging()
-    device = resolve_device(args.device)
+    device = inference_device(args.device, args.weights, args.backend, args.precision)
     model = load_weights(args.weights, args.backend, device)
     apply_eval_crop(model, args.eval_crop)
     paths = list_image_paths(args.paths)
     batches = _batches(paths, model, args.batch_size)
     function = inference_function(model, args.backend, args.precision, batches, weights=args.weights)
-    if function is not model or not isinstance(model, nn.Module):
-        device = torch.device("cpu")
     result = predict(
         function,
         paths,
