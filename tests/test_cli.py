@@ -139,3 +139,32 @@ def test_a_gpu_device_with_the_cpu_runtimes_is_an_error_not_ignored(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"shufflenet {command}: error: --device cuda: {named}") and "runs on the CPU" in err
+
+
+@pytest.fixture(scope="module")
+def exported(user_run: tuple[Path, Path]) -> Path:
+    """The user run's best.pt exported as an fp32 ONNX file (dynamic batch)."""
+    pytest.importorskip("onnxruntime")
+    from shufflenet import deploy
+    from shufflenet.checkpoints import load_model
+
+    _, run = user_run
+    return deploy.export_onnx(load_model(run / "best.pt"), run.parent / "model.onnx", dynamic_batch=True)
+
+
+def test_precision_of_an_exported_file_is_honoured_or_refused(
+    user_run: tuple[Path, Path], exported: Path, tmp_path: Path, capsys
+) -> None:
+    data, _ = user_run
+    assert main(["eval", "--weights", str(exported), "--data", str(data), "--precision", "int8", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"--precision int8: {exported} is an fp32 file" in err and "shufflenet quantize" in err
+    from shufflenet import deploy
+
+    if not (deploy.backend_available("openvino") and deploy.cpu_has_bf16()):
+        pytest.skip("bf16 of an .onnx file runs on OpenVINO with a CPU that has native bf16")
+    report = tmp_path / "bf16.json"
+    argv = ["eval", "--weights", str(exported), "--data", str(data), "--precision", "bf16", "--json", str(report)]
+    assert main([*argv, "--quiet"]) == 0
+    result = json.loads(report.read_text())
+    assert (result["backend"], result["precision"]) == ("openvino", "bf16") and result["num_images"] == 6

@@ -31,7 +31,12 @@ def add_inference_options(parser: argparse.ArgumentParser) -> None:
         choices=BACKENDS,
         help="run through shufflenet.deploy.compile_for_inference with this backend (default: plain PyTorch)",
     )
-    parser.add_argument("--precision", choices=PRECISIONS, help="with --backend: fp32 (default), bf16 or int8")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="fp32 (default), bf16 or int8, through shufflenet.deploy (--backend, default auto); int8 of a checkpoint "
+        "calibrates on its run's training split",
+    )
     add_eval_crop_option(parser)
 
 
@@ -117,12 +122,23 @@ def is_exported_file(path: str | Path) -> bool:
     return Path(path).suffix in (".onnx", ".xml")
 
 
-def load_weights(path: str | Path, backend: str | None, device: torch.device) -> nn.Module | Callable:
-    """A checkpoint as a model on ``device``, or an exported .onnx file / OpenVINO .xml (int8 too) as its CPU runner."""
-    if is_exported_file(path):
-        from shufflenet.deploy import compile_for_inference
+def load_weights(
+    path: str | Path, backend: str | None, precision: str | None, device: torch.device
+) -> nn.Module | Callable:
+    """A checkpoint as a model on ``device``, or an exported .onnx file / OpenVINO .xml (int8 too) as its CPU runner.
 
-        return compile_for_inference(path, backend or "auto")
+    An exported file runs in ``precision`` where its runtime can (bf16); int8 needs a file made by
+    ``shufflenet quantize`` (calibrated on the run's training images, which an exported file does not name).
+    """
+    if is_exported_file(path):
+        from shufflenet.deploy import compile_for_inference, read_onnx_metadata
+
+        if precision == "int8" and not read_onnx_metadata(path).get("int8"):
+            raise ValueError(
+                f"--precision int8: {path} is an fp32 file; make an int8 one with `shufflenet quantize --weights "
+                f"RUN/best.pt` and pass it as --weights, or pass the checkpoint itself"
+            )
+        return compile_for_inference(path, backend or "auto", precision or "fp32")
     from shufflenet.checkpoints import load_model
 
     return load_model(path, device=device)
@@ -167,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
 
     setup_logging(args.quiet)
     device = inference_device(args.device, args.weights, args.backend, args.precision)
-    model = load_weights(args.weights, args.backend, device)
+    model = load_weights(args.weights, args.backend, args.precision, device)
     apply_eval_crop(model, args.eval_crop)
     dataset, skipped = load_eval_dataset(args.data, model.class_names, model.preprocessing)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     setup_logging()
     device = inference_device(args.device, args.weights, args.backend, args.precision)
-    model = load_weights(args.weights, args.backend, device)
+    model = load_weights(args.weights, args.backend, args.precision, device)
     apply_eval_crop(model, args.eval_crop)
     paths = list_image_paths(args.paths)
     batches = _batches(paths, model, args.batch_size)
