@@ -22,7 +22,7 @@ def add_inference_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device",
         default="auto",
-        help="auto (default: cuda, mps, cpu), cpu, cuda, mps; plain PyTorch only: --backend, --precision and "
+        help="auto (default: cuda, mps, cpu), cpu, cuda, cuda:N, mps; plain PyTorch only: --backend, --precision and "
         "exported files run on the CPU",
     )
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
