@@ -168,3 +168,15 @@ def test_precision_of_an_exported_file_is_honoured_or_refused(
     assert main([*argv, "--quiet"]) == 0
     result = json.loads(report.read_text())
     assert (result["backend"], result["precision"]) == ("openvino", "bf16") and result["num_images"] == 6
+
+
+def test_predict_without_a_readable_image_says_so(user_run: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    _, run = user_run
+    (tmp_path / "scan.jpg").write_bytes(b"not a picture")
+    assert main(["predict", "--weights", str(run / "best.pt"), str(tmp_path / "scan.jpg")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        "scan.jpg" in err[0]
+        and err[-1]
+        == "shufflenet predict: error: none of the 1 image file(s) could be read (the skipped list above says why)"
+    )

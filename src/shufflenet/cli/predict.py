@@ -93,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
             print(
                 f"figure: {args.save_figure}", file=sys.stderr if len(shown) < len(result.predictions) else sys.stdout
             )
-    return 0 if result.predictions else 2
+    if not result.predictions:
+        raise ValueError(f"none of the {len(paths)} image file(s) could be read (the skipped list above says why)")
+    return 0
 
 
 def _batches(paths: list[Path], model: nn.Module, batch_size: int) -> Iterator[Tensor]:
