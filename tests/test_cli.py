@@ -51,6 +51,27 @@ def test_a_bug_keeps_its_traceback(monkeypatch, capsys) -> None:
     assert "error:" not in capsys.readouterr().err
 
 
+def test_a_missing_extra_is_one_line_but_a_broken_own_import_is_a_bug(monkeypatch, capsys) -> None:
+    from shufflenet.cli import models
+
+    def needs_extra(pattern=None):
+        raise ImportError("the table needs the onnx package: pip install 'shufflenet[onnx]'")
+
+    monkeypatch.setattr(models, "list_models", needs_extra)
+    assert main(["models"]) == 2
+    assert (
+        capsys.readouterr().err == "shufflenet models: error: the table needs the onnx package: pip install "
+        "'shufflenet[onnx]'\n"
+    )
+
+    def broken_import(pattern=None):
+        from shufflenet.models import no_such_name  # noqa: F401
+
+    monkeypatch.setattr(models, "list_models", broken_import)
+    with pytest.raises(ImportError, match="no_such_name"):
+        main(["models"])
+
+
 def test_console_script_and_module_entry_point() -> None:
     script = subprocess.run([BIN / "shufflenet", "--version"], capture_output=True, text=True, check=True)
     assert script.stdout.startswith("shufflenet ")

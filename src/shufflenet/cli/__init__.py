@@ -18,7 +18,8 @@ SUBCOMMANDS = ["models", "guidelines", "convert", "train", "evaluate", "predict"
 
 # What bad input raises: the project's errors are ValueErrors (CheckpointError, DeployError, BadImageError), a
 # path the user named fails with an OSError below, a missing optional package with an ImportError naming its
-# pip extra. Anything else, a TypeError above all, is a bug in shufflenet and keeps its traceback.
+# pip extra. Anything else, a TypeError above all, is a bug in shufflenet and keeps its traceback; so does an
+# ImportError of shufflenet's own modules.
 USER_ERRORS = (
     ValueError,
     FileNotFoundError,
@@ -51,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         print("shufflenet: interrupted", file=sys.stderr)
         return 130
     except USER_ERRORS as err:
-        if os.environ.get("SHUFFLENET_DEBUG"):
+        own_import = isinstance(err, ImportError) and (err.name or "").split(".")[0] == "shufflenet"
+        if own_import or os.environ.get("SHUFFLENET_DEBUG"):
             raise
         print(f"shufflenet {args.command}: error: {err}", file=sys.stderr)
         return 2
