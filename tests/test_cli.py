@@ -32,6 +32,14 @@ def test_unknown_pattern_is_a_one_line_error(capsys) -> None:
     assert err.startswith("shufflenet models: error: no model matches 'resnet*'") and err.count("\n") == 1
 
 
+def test_json_goes_into_a_new_folder(tmp_path, capsys) -> None:
+    """--json creates its folder, as --out does (a long eval must not end in "No such file or directory")."""
+    path = tmp_path / "new" / "sub" / "models.json"
+    assert main(["models", "shufflenet_v2_x0_5", "--json", str(path)]) == 0
+    assert [row["name"] for row in json.loads(path.read_text())] == ["shufflenet_v2_x0_5"]
+    assert [p.name for p in path.parent.iterdir()] == ["models.json"]  # no temporary file left beside it
+
+
 def test_a_path_that_is_a_folder_is_a_one_line_error(tmp_path, capsys) -> None:
     assert main(["models", "shufflenet_v2_x0_5", "--json", str(tmp_path)]) == 2
     err = capsys.readouterr().err
