@@ -25,37 +25,40 @@ if _SRC.is_dir() and str(_SRC) not in _sys.path:
     _sys.path.insert(0, str(_SRC))
 
 _models = _importlib.import_module("shufflenet.models")
-_CLASSIFIER_KEYS = ("fc.weight", "classifier.0.weight", "head.fc.weight")
+_checkpoints = _importlib.import_module("shufflenet.checkpoints")
+_Preprocessing = _importlib.import_module("shufflenet.transforms").Preprocessing
 
 
 def _load(name: str, weights: str | _Path | None = None, num_classes: int | None = None, **kwargs: _Any) -> _nn.Module:
-    """Build ``name``; with ``weights``, load the file (class count from the file unless given)."""
-    from shufflenet import checkpoints as _checkpoints
-    from shufflenet.transforms import Preprocessing
-
+    """Build ``name``; with ``weights``, load the file through the library (class count from the file unless given)."""
     if weights is None or _checkpoints.is_weights_name(weights):  # none, or published ones ("torchvision") by name
         return _models.create_model(name, num_classes=num_classes or 1000, weights=weights, **kwargs)
-
     raw = _checkpoints.read_file(weights)
+    ours = raw.get("format") == _checkpoints.CHECKPOINT_FORMAT
+    if ours and raw.get("arch") != name:
+        raise _checkpoints.CheckpointError(
+            f"{weights} holds {raw.get('arch')!r}, not {name!r}; load it with torch.hub.load(..., {raw.get('arch')!r})"
+        )
+    if ours and not kwargs and num_classes in (None, raw.get("num_classes")):
+        return _checkpoints.load_model(weights).train()  # as saved: options, classes, preprocessing
     class_names = None
-    if raw.get("format") == _checkpoints.CHECKPOINT_FORMAT:
-        if raw.get("arch") != name:
-            raise ValueError(f"{weights} holds {raw.get('arch')!r}, not {name!r}; load it as {raw.get('arch')!r}")
-        stored = dict(raw.get("model_kwargs") or {})
-        clash = [k for k in stored if k in kwargs and kwargs[k] != stored[k]]
-        if clash:
-            raise ValueError(f"{weights} was saved with {clash[0]}={stored[clash[0]]!r}; got {kwargs[clash[0]]!r}")
-        kwargs = {**stored, **kwargs}
+    if ours:
+        # The file's model options unless overridden; load_pretrained refuses an override that contradicts them.
+        kwargs = {**(raw.get("model_kwargs") or {}), **kwargs}
         if num_classes in (None, raw.get("num_classes")):
             num_classes, class_names = raw.get("num_classes"), raw.get("class_names")
-    if num_classes is None:
-        state = _checkpoints.unwrap_state_dict(raw)
-        num_classes = next((state[k].shape[0] for k in _CLASSIFIER_KEYS if k in state), 1000)
-    model = _models.create_model(name, num_classes=num_classes, **kwargs)
+    model = _models.create_model(name, num_classes=num_classes or _file_class_count(raw), **kwargs)
     report = _checkpoints.load_pretrained(model, weights)
-    model.preprocessing = report.preprocessing or Preprocessing()
-    model.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+    model.preprocessing = report.preprocessing or _Preprocessing()
+    model.class_names = list(class_names) if class_names else [str(i) for i in range(model.fc.out_features)]
     return model
+
+
+def _file_class_count(raw: dict[str, _Any]) -> int:
+    """The classifier rows of a foreign file (torchvision, megvii, mmpretrain), else ImageNet's 1000."""
+    state = _checkpoints.unwrap_state_dict(raw)
+    keys = ("fc.weight", "classifier.0.weight", "head.fc.weight")
+    return next((state[key].shape[0] for key in keys if key in state), 1000)
 
 
 def _entry_point(name: str) -> _Any:

@@ -127,7 +127,7 @@ def test_shufflenet_modules_import_each_other_without_cycles(lazy: bool) -> None
 def test_models_import_no_checkpoint_code() -> None:
     edges = graph(lazy=True)
     for module in (m for m in FILES if m.startswith("shufflenet.models")):
-        bad = sorted(t for t in edges[module] if t.split(".")[1] in ("checkpoints", "weights", "converters"))
+        bad = sorted(t for t in edges[module] if t.split(".")[1] == "checkpoints")
         assert not bad, f"{module} imports {bad}; checkpoint code depends on models, never the reverse"
 
 

@@ -44,12 +44,59 @@ def test_cli_quick_end_to_end(tmp_path, capsys) -> None:
         assert rows and all({"name", "flops", "mac", "images_per_s", "relative"} <= set(r) for r in rows)
         assert all(r["images_per_s"] > 0 and r["flops"] > 0 and r["mac"] > 0 for r in rows)
         assert {r["multiplier"] for r in rows} == {1}
-        assert data["verdicts"][experiment]["verdict"] in ("agrees", "partly agrees", "disagrees")
+        # Each claim's ratio is its rows' medians (the verdict itself: test_verdict_of_constructed_timings).
+        by_name = {r["name"]: r["images_per_s"] for r in rows}
+        for claim in data["verdicts"][experiment]["claims"]:
+            assert claim["ratio"] == pytest.approx(by_name[claim["faster"]] / by_name[claim["slower"]])
     assert data["settings"]["input_size"] == 8 and data["settings"]["batch_size"] == 2
     assert data["G1"][0]["relative"] == 1.0 and data["G1"][0]["paper_gpu"] == 1480
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(png_path) as image:
         assert image.format == "PNG" and image.width > 400 and image.height > 300
+
+
+@pytest.mark.parametrize(
+    ("speeds", "verdict", "holds", "ties", "reversed_"),
+    [
+        ((100.0, 90.0, 80.0, 70.0), "agrees", 4, 0, 0),  # 1:1 fastest, each wider ratio slower
+        ((70.0, 80.0, 90.0, 100.0), "disagrees", 0, 0, 4),  # the paper's order reversed
+        ((100.0, 99.0, 80.0, 70.0), "partly agrees", 3, 1, 0),  # 1:1 vs 1:2 within the 3% tolerance: a tie
+    ],
+)
+def test_verdict_of_constructed_timings(
+    speeds: tuple[float, ...], verdict: str, holds: int, ties: int, reversed_: int, tmp_path, capsys, monkeypatch
+) -> None:
+    """The G1 rows get known speeds (in the paper's row order 1:1, 1:2, 1:6, 1:12); the verdict must follow."""
+    timed = []
+
+    def constructed_timings(models, inputs, device, repeats, warmup, min_time):
+        timed.append(len(models))
+        return [[speed] * repeats for speed in speeds]
+
+    monkeypatch.setattr(shufflenet.guidelines.runner, "measure_group", constructed_timings)
+    json_path = tmp_path / "g.json"
+    argv = [
+        "guidelines",
+        "--quick",
+        "--experiments",
+        "G1",
+        "--input-size",
+        "8",
+        "--repeats",
+        "2",
+        "--json",
+        str(json_path),
+    ]
+    assert main(argv) == 0
+    assert timed == [4]
+    data = json.loads(json_path.read_text())
+    assert [(r["name"], r["images_per_s"]) for r in data["G1"]] == list(
+        zip(("1:1", "1:2", "1:6", "1:12"), speeds, strict=True)
+    )
+    result = data["verdicts"]["G1"]
+    assert (result["verdict"], result["holds"], result["ties"], result["reversed"]) == (verdict, holds, ties, reversed_)
+    assert result["headline_holds"] == (verdict != "disagrees")  # 1:1 vs 1:12 holds unless reversed
+    assert f"G1        {verdict:<14} headline '1:1 faster than 1:12'" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when CUDA is absent")

@@ -16,6 +16,20 @@ from shufflenet import __version__
 # Subcommand modules, in the order `shufflenet --help` lists them.
 SUBCOMMANDS = ["models", "guidelines", "convert", "train", "evaluate", "predict", "export", "quantize", "bench", "demo"]
 
+# What bad input raises: the project's errors are ValueErrors (CheckpointError, DeployError, BadImageError), a
+# path the user named fails with an OSError below, a missing optional package with an ImportError naming its
+# pip extra. Anything else, a TypeError above all, is a bug in shufflenet and keeps its traceback; so does an
+# ImportError of shufflenet's own modules.
+USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+    ImportError,
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every subcommand."""
@@ -30,15 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; user errors print one line (``SHUFFLENET_DEBUG=1`` shows the traceback)."""
+    """Run the CLI; user errors (:data:`USER_ERRORS`) print one line (``SHUFFLENET_DEBUG=1`` shows the traceback)."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("shufflenet: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError) as err:
-        if os.environ.get("SHUFFLENET_DEBUG"):
+    except USER_ERRORS as err:
+        own_import = isinstance(err, ImportError) and (err.name or "").split(".")[0] == "shufflenet"
+        if own_import or os.environ.get("SHUFFLENET_DEBUG"):
             raise
         print(f"shufflenet {args.command}: error: {err}", file=sys.stderr)
         return 2

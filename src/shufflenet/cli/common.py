@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from shufflenet.fileio import write_text_atomic
+
 # The end of every --weights help text: the publishers' names work wherever a checkpoint file does.
 WEIGHTS_BY_NAME = "or torchvision / mmpretrain: --model's published ImageNet weights (downloaded, cached)"
 
@@ -42,12 +44,12 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, st
 
 
 def write_json(path: str | Path, data: Any) -> None:
-    """Write ``data`` as indented JSON ('-' means standard output)."""
+    """Write ``data`` as indented JSON ('-' means standard output); the folder is created, the write atomic."""
     text = json.dumps(data, indent=2, default=str)
     if str(path) == "-":
         print(text)
     else:
-        Path(path).write_text(text + "\n")
+        write_text_atomic(path, text + "\n")
 
 
 def setup_logging(quiet: bool = False) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -35,7 +36,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "OUT/data, trains a small ShuffleNetV2 on them into OUT (the files of any run), evaluates best.pt and "
         "predicts a few validation images (OUT/eval.json, OUT/predictions.png).",
     )
-    parser.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo; rerunning replaces it)")
+    parser.add_argument(
+        "--out",
+        default="runs/demo",
+        help="demo folder (default runs/demo); an earlier demo there is replaced, any other files need --overwrite",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the run files in --out even when it is not a demo run"
+    )
     parser.add_argument("--epochs", type=int, default=DEMO_OPTIONS["epochs"], help="default %(default)s")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
@@ -53,10 +61,16 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(args.quiet)
     started = time.perf_counter()
     out = Path(args.out)
+    check_demo_folder(out, args.overwrite)
     data = make_digits_dataset(out / "data", image_size=DEMO_OPTIONS["img_size"], layout="train/val")
     options = {**DEMO_OPTIONS, "epochs": args.epochs}
+    # The absolute data path in config.json is how a later demo recognises this run as its own.
     result = train(
-        data=str(data), out=str(out), overwrite=True, progress=not args.quiet and sys.stderr.isatty(), **options
+        data=str(data.resolve()),
+        out=str(out),
+        overwrite=True,
+        progress=not args.quiet and sys.stderr.isatty(),
+        **options,
     )
     if result.stopped:
         print(f"shufflenet demo: {result.message}", file=sys.stderr)
@@ -86,3 +100,27 @@ def run(args: argparse.Namespace) -> int:
     print(f"predicted {right}/{len(predictions)} sample digits right: {out / 'predictions.png'}")
     print(f"run folder {out}: metrics.csv, result.png, confusion_matrix.png, best.pt, last.pt, eval.json")
     return 0
+
+
+def is_demo_run(out: Path) -> bool:
+    """Whether ``out`` holds a run the demo trained: config.json records the demo's data (``out/data``) and options."""
+    try:
+        options = json.loads((out / "config.json").read_text())["options"]
+        same_data = Path(options["data"]).resolve() == (out / "data").resolve()
+        return same_data and all(options[key] == value for key, value in DEMO_OPTIONS.items() if key != "epochs")
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # no config.json, or not one a run wrote
+
+
+def check_demo_folder(out: Path, overwrite: bool) -> None:
+    """Refuse ``out`` when it holds anything but an earlier demo (whose best.pt/last.pt the demo replaces)."""
+    if overwrite or not out.exists() or is_demo_run(out):
+        return
+    if not out.is_dir():
+        raise FileExistsError(f"--out {out} exists and is not a folder; pass another --out")
+    others = sorted(p.name for p in out.iterdir() if p.name != "data")  # data/ alone: a demo stopped early
+    if others:
+        raise FileExistsError(
+            f"--out {out} is not a demo run folder (it holds {', '.join(others[:5])}{', ...' if others[5:] else ''})"
+            f"; the demo would replace the run files there: pass another --out, or --overwrite to replace them"
+        )

@@ -19,14 +19,24 @@ PRECISIONS = ("fp32", "bf16", "int8")
 
 def add_inference_options(parser: argparse.ArgumentParser) -> None:
     """The options eval and predict share: device, batch size, inference backend and precision."""
-    parser.add_argument("--device", default="auto", help="auto (default: cuda, mps, cpu), cpu, cuda, mps")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (default: cuda, mps, cpu), cpu, cuda, cuda:N, mps; plain PyTorch only: --backend, --precision and "
+        "exported files run on the CPU",
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     parser.add_argument(
         "--backend",
         choices=BACKENDS,
         help="run through shufflenet.deploy.compile_for_inference with this backend (default: plain PyTorch)",
     )
-    parser.add_argument("--precision", choices=PRECISIONS, help="with --backend: fp32 (default), bf16 or int8")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="fp32 (default), bf16 or int8, through shufflenet.deploy (--backend, default auto); int8 of a checkpoint "
+        "calibrates on its run's training split",
+    )
     add_eval_crop_option(parser)
 
 
@@ -88,17 +98,47 @@ def inference_function(
     )
 
 
+def inference_device(device: str, weights: str | Path, backend: str | None, precision: str | None) -> torch.device:
+    """``--device`` for plain PyTorch; the CPU through shufflenet.deploy, whose backends and exported files run there.
+
+    A device other than the CPU asked for alongside them is an error rather than silently ignored.
+    """
+    from shufflenet.devices import resolve_device
+
+    if backend is None and precision is None and not is_exported_file(weights):
+        return resolve_device(device)
+    if device.split(":")[0] not in ("auto", "cpu"):
+        asked = [f"--backend {backend}" if backend else "", f"--precision {precision}" if precision else ""]
+        what = " ".join(filter(None, asked)) or f"the exported file {weights}"
+        raise ValueError(
+            f"--device {device}: {what} runs on the CPU (shufflenet.deploy); leave out --device, or run plain "
+            f"PyTorch on {device} with a checkpoint and without --backend/--precision"
+        )
+    return torch.device("cpu")
+
+
 def is_exported_file(path: str | Path) -> bool:
     """Whether ``path`` names an exported .onnx file or OpenVINO .xml (int8 too) rather than a checkpoint."""
     return Path(path).suffix in (".onnx", ".xml")
 
 
-def load_weights(path: str | Path, backend: str | None, device: torch.device) -> nn.Module | Callable:
-    """A checkpoint as a model on ``device``, or an exported .onnx file / OpenVINO .xml (int8 too) as its CPU runner."""
-    if is_exported_file(path):
-        from shufflenet.deploy import compile_for_inference
+def load_weights(
+    path: str | Path, backend: str | None, precision: str | None, device: torch.device
+) -> nn.Module | Callable:
+    """A checkpoint as a model on ``device``, or an exported .onnx file / OpenVINO .xml (int8 too) as its CPU runner.
 
-        return compile_for_inference(path, backend or "auto")
+    An exported file runs in ``precision`` where its runtime can (bf16); int8 needs a file made by
+    ``shufflenet quantize`` (calibrated on the run's training images, which an exported file does not name).
+    """
+    if is_exported_file(path):
+        from shufflenet.deploy import compile_for_inference, read_onnx_metadata
+
+        if precision == "int8" and not read_onnx_metadata(path).get("int8"):
+            raise ValueError(
+                f"--precision int8: {path} is an fp32 file; make an int8 one with `shufflenet quantize --weights "
+                f"RUN/best.pt` and pass it as --weights, or pass the checkpoint itself"
+            )
+        return compile_for_inference(path, backend or "auto", precision or "fp32")
     from shufflenet.checkpoints import load_model
 
     return load_model(path, device=device)
@@ -122,9 +162,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", metavar="DIR", required=True, help="class-per-folder image tree")
     parser.add_argument("--json", metavar="FILE", help="write all results as JSON ('-' for stdout)")
     parser.add_argument(
-        "--out", metavar="DIR", help="where the confusion matrix goes (default: FILE's folder/eval; ./eval for names)"
+        "--out", metavar="DIR", help="write confusion_matrix.png and .json into DIR (default: no files written)"
     )
-    parser.add_argument("--workers", type=int, default=0, help="data-loading processes (default 0)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes that read and decode the images beside this one (default 0: this process does)",
+    )
     add_inference_options(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -135,27 +180,23 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from shufflenet.cli.common import setup_logging
-    from shufflenet.devices import resolve_device
     from shufflenet.evaluation import evaluate, load_eval_dataset, write_confusion
 
     setup_logging(args.quiet)
-    device = resolve_device(args.device)
     weights = resolve_weights(args.weights, args.model)
-    model = load_weights(weights, args.backend, device)
+    device = inference_device(args.device, weights, args.backend, args.precision)
+    model = load_weights(weights, args.backend, args.precision, device)
     apply_eval_crop(model, args.eval_crop)
     dataset, skipped = load_eval_dataset(args.data, model.class_names, model.preprocessing)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
     function = inference_function(
         model, args.backend, args.precision, (images for images, _ in loader), weights=weights
     )
-    if function is not model or not isinstance(model, nn.Module):
-        device = torch.device("cpu")
     result = evaluate(
         function, loader, model.class_names, device=device, progress=not args.quiet and sys.stderr.isatty()
     )
-    named = weights != args.weights  # published weights live in the download cache: write results to ./eval
-    out_dir = Path(args.out or ("eval" if named else Path(weights).resolve().parent / "eval"))
-    png, js = write_confusion(result, out_dir)
+    # Evaluating is a question about the weights: files only go where the user asked (never beside the weights).
+    written = write_confusion(result, args.out) if args.out else None
     data = result.to_dict()
     data.update(weights=str(weights), data=str(args.data), skipped=[[str(p), r] for p, r in skipped])
     data.update(
@@ -176,5 +217,6 @@ def run(args: argparse.Namespace) -> int:
         f"\ntop-1 {result.top1:.4f}  top-{result.topk} {result.top5:.4f}  loss {result.loss:.4f}  "
         f"on {result.num_images} images" + (f" ({len(skipped)} unreadable skipped)" if skipped else "")
     )
-    print(f"confusion matrix: {png} and {js}")
+    if written:
+        print(f"confusion matrix: {written[0]} and {written[1]}")
     return 0

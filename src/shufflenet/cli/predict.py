@@ -11,7 +11,13 @@ import torch
 from torch import Tensor, nn
 
 from shufflenet.cli.common import WEIGHTS_BY_NAME, add_model_option, resolve_weights, write_json
-from shufflenet.cli.evaluate import add_inference_options, apply_eval_crop, inference_function, load_weights
+from shufflenet.cli.evaluate import (
+    add_inference_options,
+    apply_eval_crop,
+    inference_device,
+    inference_function,
+    load_weights,
+)
 
 MAX_FIGURE_IMAGES = 64
 
@@ -46,19 +52,16 @@ def run(args: argparse.Namespace) -> int:
     """Predict and print one line per image."""
     from shufflenet.cli.common import setup_logging
     from shufflenet.data import list_image_paths, load_image
-    from shufflenet.devices import resolve_device
     from shufflenet.evaluation import predict
 
     setup_logging()
-    device = resolve_device(args.device)
     weights = resolve_weights(args.weights, args.model)
-    model = load_weights(weights, args.backend, device)
+    device = inference_device(args.device, weights, args.backend, args.precision)
+    model = load_weights(weights, args.backend, args.precision, device)
     apply_eval_crop(model, args.eval_crop)
     paths = list_image_paths(args.paths)
     batches = _batches(paths, model, args.batch_size)
     function = inference_function(model, args.backend, args.precision, batches, weights=weights)
-    if function is not model or not isinstance(model, nn.Module):
-        device = torch.device("cpu")
     result = predict(
         function,
         paths,
@@ -92,7 +95,9 @@ def run(args: argparse.Namespace) -> int:
             print(
                 f"figure: {args.save_figure}", file=sys.stderr if len(shown) < len(result.predictions) else sys.stdout
             )
-    return 0 if result.predictions else 2
+    if not result.predictions:
+        raise ValueError(f"none of the {len(paths)} image file(s) could be read (the skipped list above says why)")
+    return 0
 
 
 def _batches(paths: list[Path], model: nn.Module, batch_size: int) -> Iterator[Tensor]:
