@@ -186,5 +186,7 @@ def quantize_onnx(
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
             )
-            add_onnx_metadata(tmp_path, {**_metadata_values(proto, src), "int8": settings.to_dict()})
+            # The fp32 file's verification says nothing about the int8 one.
+            meta = {k: v for k, v in _metadata_values(proto, src).items() if k != "verification"}
+            add_onnx_metadata(tmp_path, {**meta, "int8": settings.to_dict()})
     return dst
