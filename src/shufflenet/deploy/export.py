@@ -20,7 +20,7 @@ from shufflenet.deploy.folding import fold_batchnorm, prepare_for_inference
 from shufflenet.deploy.formats.common import verification_batch, verify
 from shufflenet.deploy.inputs import _in_chans, check_batch, default_example_input
 from shufflenet.deploy.ir import ir_metadata, is_ir, read_ir_model
-from shufflenet.fileio import atomic_path
+from shufflenet.fileio import atomic_path, check_output_path
 from shufflenet.transforms import Preprocessing
 
 ONNX_INPUT = "input"
@@ -28,17 +28,6 @@ ONNX_OUTPUT = "logits"
 METADATA_PREFIX = "shufflenet."
 TORCHSCRIPT_META = "shufflenet.json"
 FORMAT_VERSION = 1
-
-
-def _check_output_path(path: Path, overwrite: bool, directory: bool = False) -> None:
-    """Refuse to replace an existing output unless ``overwrite``, or one of the other kind; the parent must exist."""
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
-    if path.exists() and path.is_dir() != directory:
-        kind = "a file" if directory else "a directory"
-        raise FileExistsError(f"{path} is {kind}; give a {'folder' if directory else 'file'} name")
-    if not path.parent.exists():
-        raise FileNotFoundError(f"directory {path.parent} does not exist; create it first")
 
 
 def model_metadata(
@@ -111,7 +100,7 @@ def export_onnx(
     """
     onnx = _require_onnx()
     path = Path(path)
-    _check_output_path(path, overwrite)
+    check_output_path(path, overwrite)
     module = prepare_for_inference(model, fold_bn=fold_bn, fuse_shuffle=fuse_shuffle)
     # torch.export specialises a size-1 dimension, so a dynamic batch is traced with two images.
     x = _export_example(model, example_input, img_size, 2 if dynamic_batch else 1)
@@ -265,7 +254,7 @@ def export_torchscript(
     module (what is saved) is compared with PyTorch first, as :func:`export_onnx` does.
     """
     path = Path(path)
-    _check_output_path(path, overwrite)
+    check_output_path(path, overwrite)
     module = fold_batchnorm(model)
     x = _export_example(model, example_input, img_size, 1)
     meta = model_metadata(model, tuple(x.shape[1:]), True, class_names, preprocessing, arch)

@@ -23,7 +23,6 @@ from shufflenet.data import Sample, scan_image_folder
 from shufflenet.deploy.calibration import CALIBRATION_SIZE, folder_samples, load_images, run_split, stratified_sample
 from shufflenet.deploy.errors import DeployError
 from shufflenet.deploy.export import (
-    _check_output_path,
     add_onnx_metadata,
     export_onnx,
     onnx_metadata_values,
@@ -32,6 +31,7 @@ from shufflenet.deploy.export import (
 from shufflenet.deploy.ir import IR_SUFFIX, is_ir, nncf_quantize, read_ir_model, save_ir
 from shufflenet.deploy.quantize import _QUANT_FORMAT, _calibration_batches, choose_int8_settings, quantize_onnx
 from shufflenet.deploy.select import load_onnx
+from shufflenet.fileio import check_output_path
 
 
 class AccuracyDropError(DeployError):
@@ -93,7 +93,7 @@ def quantize_model(
     ``model`` came from: ``shufflenet bench --weights`` times the int8 file beside it.
     """
     out = Path(out)
-    _check_output_path(out, overwrite)
+    check_output_path(out, overwrite)
     ir = _check_int8_target(out, backend, accuracy_control)
     if len(val_labels) != sum(len(batch) for batch in val_batches):
         raise ValueError(

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from shufflenet.deploy.errors import DeployError
-from shufflenet.deploy.export import _check_output_path, model_metadata
+from shufflenet.deploy.export import model_metadata
 from shufflenet.deploy.folding import fold_batchnorm
 from shufflenet.deploy.formats.common import (
     ExportResult,
@@ -26,6 +26,7 @@ from shufflenet.deploy.formats.common import (
     require,
     staged_folder,
 )
+from shufflenet.fileio import check_output_path
 from shufflenet.transforms import Preprocessing
 
 INPUT_NAME = "image"
@@ -72,7 +73,7 @@ def export_coreml(
     path = Path(path)
     if path.suffix != ".mlpackage":
         raise ValueError(f"a Core ML ML program is a folder ending in .mlpackage, got {path.name!r}")
-    _check_output_path(path, overwrite, directory=True)
+    check_output_path(path, overwrite, directory=True)
     size = crop_size(model, img_size)
     meta = model_metadata(model, (3, size, size), False, class_names, preprocessing, arch)
     prep = Preprocessing.from_dict(meta["preprocessing"])

@@ -17,12 +17,12 @@ import torch
 from torch import Tensor, nn
 
 from shufflenet.deploy.errors import DeployError
-from shufflenet.deploy.export import _check_output_path, model_metadata
+from shufflenet.deploy.export import model_metadata
 from shufflenet.deploy.folding import fold_batchnorm
 from shufflenet.deploy.formats.common import ExportResult, crop_size, quiet, require, verification_batch, verify
 from shufflenet.deploy.quantize import _calibration_batches
 from shufflenet.deploy.runtimes.litert import METADATA_NAME, TFLITE_IDENTIFIER, load_tflite
-from shufflenet.fileio import atomic_path
+from shufflenet.fileio import atomic_path, check_output_path
 from shufflenet.transforms import Preprocessing
 
 
@@ -135,7 +135,7 @@ def export_tflite(
     if precision not in ("fp32", "int8"):
         raise ValueError(f"TFLite export writes precision 'fp32' or 'int8', not {precision!r}")
     path = Path(path)
-    _check_output_path(path, overwrite)
+    check_output_path(path, overwrite)
     size = crop_size(model, img_size)
     meta = model_metadata(model, (3, size, size), False, class_names, preprocessing, arch)
     meta["precision"] = precision

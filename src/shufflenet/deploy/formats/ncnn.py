@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from shufflenet.deploy.errors import DeployError
-from shufflenet.deploy.export import _check_output_path, model_metadata
+from shufflenet.deploy.export import model_metadata
 from shufflenet.deploy.folding import fold_batchnorm
 from shufflenet.deploy.formats.common import (
     ExportResult,
@@ -30,6 +30,7 @@ from shufflenet.deploy.formats.common import (
     verify,
 )
 from shufflenet.deploy.runtimes.ncnn import BIN_FILE, META_FILE, PARAM_FILE, load_ncnn
+from shufflenet.fileio import check_output_path
 from shufflenet.transforms import Preprocessing
 
 
@@ -98,7 +99,7 @@ def export_ncnn(
     :class:`VerificationError` beyond the tolerance, and nothing written); ``result.verification`` holds the numbers.
     """
     out_dir = Path(out_dir)
-    _check_output_path(out_dir, overwrite, directory=True)
+    check_output_path(out_dir, overwrite, directory=True)
     size = crop_size(model, img_size)
     module = fold_batchnorm(model)
     meta = model_metadata(model, (3, size, size), False, class_names, preprocessing, arch)
