@@ -104,17 +104,28 @@ def quantize_model(
         # Not verified on random pixels: the int8 file is measured on the validation images below.
         fp32 = Path(tmp) / "fp32.onnx"
         export_onnx(model, fp32, example_input=val_batches[0][:1], dynamic_batch=True, verify_export=False)
-        if ir:
-            control = (val_batches, val_labels, max_drop / 100) if accuracy_control else None
-            int8 = _nncf_ir(fp32, Path(tmp) / "int8.xml", calibration, control)
-        else:
-            int8 = quantize_onnx(fp32, Path(tmp) / "int8.onnx", calibration, _QUANT_FORMAT[backend])
+        control = (val_batches, val_labels, max_drop / 100) if accuracy_control else None
+        int8 = _quantize(fp32, Path(tmp), backend, ir, calibration, control)
         int8_top1 = _top1(load_onnx(int8, backend, "int8"), val_batches, val_labels)
         settings = read_onnx_metadata(int8)["int8"]
         result = Int8Result(out, backend, settings, fp32_top1, int8_top1, len(val_labels), calibration_info or {})
         _check_drop(result, max_drop, accuracy_control)
         _write_int8(int8, out, result, source_checkpoint)
     return result
+
+
+def _quantize(
+    fp32: Path,
+    folder: Path,
+    backend: str,
+    ir: bool,
+    calibration: Sequence[Tensor],
+    control: tuple[Sequence[Tensor], Tensor, float] | None,
+) -> Path:
+    """The int8 file in ``folder``: an NNCF IR (``ir``) or ONNX Runtime's quantization of the fp32 ONNX file."""
+    if ir:
+        return _nncf_ir(fp32, folder / "int8.xml", calibration, control)
+    return quantize_onnx(fp32, folder / "int8.onnx", calibration, _QUANT_FORMAT[backend])
 
 
 def _check_drop(result: Int8Result, max_drop: float, accuracy_control: bool) -> None:
