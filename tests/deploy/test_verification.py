@@ -132,7 +132,7 @@ def test_tflite_int8_agrees_with_pytorch_on_its_calibration_images(
     with torch.inference_mode():
         expected = digits_model(images).argmax(1)
     agreement = (load_tflite(result.path)(images).argmax(1) == expected).float().mean().item()
-    assert agreement >= 0.95  # measured 0.99-1.00 here; the export's own floor is 0.9
+    assert agreement >= 0.95  # measured 0.98 here (2 of 100 images flip); the export's own floor is 0.9
     assert result.verification["top1_agreement"] == pytest.approx(agreement) and result.verification["images"] == 100
 
 

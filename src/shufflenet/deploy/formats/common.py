@@ -35,7 +35,7 @@ VERIFY_BATCH = 4
 # ~1e-5 of the largest logit (ONNX, ncnn, TFLite; v1 and v2); a changed weight or op is far above 1e-3.
 FP32_TOLERANCE = 1e-3
 # int8: rounding flips the top-1 of images near a decision boundary, a broken file (wrong scale or ranges)
-# the top-1 of most; on the calibration images a good int8 export agrees on ~98% (digits demo).
+# the top-1 of most; on its calibration images the digits model's TFLite int8 agrees on 98%.
 INT8_MIN_AGREEMENT = 0.9
 
 
