@@ -31,12 +31,13 @@ def _val(run: Path, out: Path):
     import torch
 
     from shufflenet.checkpoints import load_model
-    from shufflenet.deploy.calibration import load_batches, run_split
+    from shufflenet.deploy.calibration import load_images, run_split
 
     model = load_model(run / "best.pt", device="cpu")
     _, _, val = run_split(run / "best.pt")
-    x = torch.cat(load_batches(val, model.preprocessing, 64))
-    y = np.array([label for _, label in val])
+    images = load_images(val, model.preprocessing, 64, "validation images")  # labels of the images read
+    x = torch.cat(images.batches)
+    y = images.labels.numpy()
     np.save(out / "val_x.npy", x.numpy())
     np.save(out / "val_y.npy", y)
     return model, x, y
@@ -88,10 +89,10 @@ def measure(run: Path, out: Path) -> None:
 
 def quantize_avx2(run: Path, out: Path) -> None:
     from shufflenet import deploy
-    from shufflenet.deploy.calibration import load_batches, run_split, stratified_sample
+    from shufflenet.deploy.calibration import CALIBRATION_SIZE, load_batches, run_split, stratified_sample
 
     model, _, _ = _val(run, out)
-    calibration = load_batches(stratified_sample(run_split(run / "best.pt")[1], 300), model.preprocessing)
+    calibration = load_batches(stratified_sample(run_split(run / "best.pt")[1], CALIBRATION_SIZE), model.preprocessing)
     fp32 = deploy.export_onnx(model, out / "fp32.onnx", dynamic_batch=True, overwrite=True)
     for reduce_range in (False, True):
         name = "int8-7bit.onnx" if reduce_range else "int8-8bit.onnx"
@@ -103,11 +104,11 @@ def nncf_avx2(run: Path, out: Path) -> None:
     from dataclasses import replace
 
     from shufflenet import deploy
-    from shufflenet.deploy.calibration import load_batches, run_split, stratified_sample
+    from shufflenet.deploy.calibration import CALIBRATION_SIZE, load_batches, run_split, stratified_sample
     from shufflenet.deploy.ir import nncf_quantize, save_ir
 
     model, _, _ = _val(run, out)
-    calibration = load_batches(stratified_sample(run_split(run / "best.pt")[1], 300), model.preprocessing)
+    calibration = load_batches(stratified_sample(run_split(run / "best.pt")[1], CALIBRATION_SIZE), model.preprocessing)
     fp32 = deploy.export_onnx(model, out / "fp32.onnx", dynamic_batch=True, overwrite=True)
     avx2 = deploy.choose_int8_settings("openvino", {"avx2": True}, tool="nncf")  # what an AVX2 CPU gets
     for name, settings in (("nncf-fix", avx2), ("nncf-nofix", replace(avx2, overflow_fix="disable"))):

@@ -18,7 +18,7 @@ from torch import nn
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
-from shufflenet.fileio import atomic_path
+from shufflenet.fileio import atomic_path, check_output_path
 from shufflenet.models import create_model, list_models
 from shufflenet.models.features import DEFAULT_OUT_INDICES, ShuffleNetFeatures, feature_info
 
@@ -68,8 +68,7 @@ def export_features_onnx(
     if not isinstance(model, ShuffleNetFeatures):
         raise TypeError(f"expected create_model(..., features_only=True), got {type(model).__name__}")
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    check_output_path(path, overwrite)
     output_names = list(model.feature_info.module_name())
     # torch.export specialises a size-1 dimension, so a dynamic batch is traced with two images.
     x = torch.zeros(2 if dynamic_batch else 1, model.in_chans, img_size, img_size)

@@ -40,3 +40,15 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def check_output_path(path: str | Path, overwrite: bool, directory: bool = False) -> None:
+    """Refuse to replace an existing output unless ``overwrite``, or one of the other kind; the parent must exist."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    if path.exists() and path.is_dir() != directory:
+        kind = "a file" if directory else "a directory"
+        raise FileExistsError(f"{path} is {kind}; give a {'folder' if directory else 'file'} name")
+    if not path.parent.exists():
+        raise FileNotFoundError(f"directory {path.parent} does not exist; create it first")

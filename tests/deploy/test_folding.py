@@ -26,11 +26,18 @@ def test_fold_batchnorm_is_exact_and_leaves_the_model_alone(name: str) -> None:
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_fold_conv_bn_matches_formula_with_conv_bias() -> None:
-    conv, bn = nn.Conv2d(4, 6, 3, padding=1, bias=True), nn.BatchNorm2d(6)
-    bn.running_mean.uniform_(-1, 1)
-    bn.running_var.uniform_(0.5, 2)
-    bn.eval()
+@pytest.mark.parametrize("affine", [True, False])
+def test_fold_batchnorm_with_conv_bias_and_plain_batchnorm(affine: bool) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1, bias=True), nn.BatchNorm2d(6, affine=affine), nn.ReLU())
+    model[1].running_mean.uniform_(-1, 1)
+    model[1].running_var.uniform_(0.5, 2)
+    if affine:
+        nn.init.uniform_(model[1].weight, 0.5, 1.5)
+        nn.init.uniform_(model[1].bias, -0.5, 0.5)
+    model.eval()
+    folded = deploy.fold_batchnorm(model)
+    assert isinstance(folded[1], nn.Identity) and folded[0].bias is not None
     x = torch.randn(2, 4, 8, 8)
     with torch.no_grad():
-        assert torch.allclose(deploy.fold_conv_bn(conv, bn)(x), bn(conv(x)), atol=1e-5)
+        assert torch.allclose(folded(x), model(x), atol=1e-5)

@@ -217,7 +217,11 @@ def tflite_int8(tflite_export, tmp_path_factory: pytest.TempPathFactory):
     model, prep, fp32 = tflite_export
     calibration = calibration_with_an_outlier(prep)
     out = tmp_path_factory.mktemp("tflite_int8") / "int8.tflite"
-    result = export_tflite(model, out, img_size=IMG, precision="int8", calibration_data=calibration)
+    # Not verified: int8 of an untrained model on random pixels agrees with it on ~half the images, which says
+    # nothing (test_verification.py checks int8 agreement on a model trained on the digits).
+    result = export_tflite(
+        model, out, img_size=IMG, precision="int8", calibration_data=calibration, verify_export=False
+    )
     return model, prep, fp32, calibration, result
 
 
@@ -326,10 +330,10 @@ def test_cli_export_tflite_int8_calibrates_on_a_stratified_sample(
         return real_load_batches(samples, preprocessing, *args)
 
     monkeypatch.setattr(calibration, "load_batches", spy)
-    monkeypatch.setattr(cli_export, "CALIBRATION_IMAGES", 6)
+    monkeypatch.setattr(cli_export, "CALIBRATION_SIZE", 6)
     out = tmp_path / "m.tflite"
     args = ["export", "--weights", str(checkpoint), "--format", "tflite", "--out", str(out), "--precision", "int8"]
-    assert main([*args, "--calibration", str(folder)]) == 0
+    assert main([*args, "--calibration", str(folder), "--no-verify"]) == 0  # random model: see tflite_int8
     assert sorted(label for _, label in chosen) == [0, 0, 1, 1, 2, 2]
     assert read_tflite_metadata(out)["int8"]["calibration_images"] == 6
     assert main([*args, "--overwrite"]) == 2

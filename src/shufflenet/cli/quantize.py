@@ -76,6 +76,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"calibration: {result.calibration['images']} images, {result.calibration['source']}")
     print(
         f"top-1 on {result.val_images} validation images: fp32 {result.fp32_top1:.4f}, int8 {result.int8_top1:.4f} "
-        f"({-result.drop:+.1f} points)"
+        f"({-result.drop:+.1f} points)" + (f"; {len(result.skipped)} unreadable skipped" if result.skipped else "")
     )
     return 0

@@ -47,7 +47,7 @@ from shufflenet.deploy.export import (
     model_metadata,
     read_onnx_metadata,
 )
-from shufflenet.deploy.folding import fold_batchnorm, fold_conv_bn, prepare_for_inference
+from shufflenet.deploy.folding import fold_batchnorm, prepare_for_inference
 from shufflenet.deploy.inputs import _in_chans, agreement, check_batch, default_example_input
 from shufflenet.deploy.int8 import AccuracyDropError, Int8Result, quantize_model, quantize_run
 from shufflenet.deploy.quantize import Int8Settings, choose_int8_settings, quantize_onnx
@@ -95,7 +95,6 @@ __all__ = [
     "export_onnx",
     "export_torchscript",
     "fold_batchnorm",
-    "fold_conv_bn",
     "has_bf16",
     "has_vnni",
     "install_hint",

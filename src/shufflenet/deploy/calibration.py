@@ -8,8 +8,10 @@ uses the ``val`` subset.
 from __future__ import annotations
 
 import json
+import logging
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,6 +22,8 @@ from shufflenet.transforms import Preprocessing
 
 SPLIT_FILE = "split.json"
 CALIBRATION_SIZE = 300  # images int8 calibrates on by default (a seeded, stratified sample)
+
+log = logging.getLogger(__name__)
 
 
 def run_split(weights: str | Path) -> tuple[list[str], list[Sample], list[Sample]]:
@@ -70,16 +74,40 @@ def folder_samples(folder: str | Path) -> list[Sample]:
     return samples
 
 
-def load_batches(samples: Sequence[Sample], preprocessing: Preprocessing, batch_size: int = 32) -> list[Tensor]:
-    """The samples' images, preprocessed for inference, as float NCHW batches (unreadable files skipped)."""
+@dataclass
+class LoadedImages:
+    """Preprocessed images of a list of samples, the labels of those that were read, and the files skipped."""
+
+    batches: list[Tensor]
+    labels: Tensor
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def load_images(
+    samples: Sequence[Sample], preprocessing: Preprocessing, batch_size: int = 32, what: str = "images"
+) -> LoadedImages:
+    """The samples' images, preprocessed for inference, as float NCHW batches; unreadable files skipped (warned).
+
+    ``labels`` holds the label of each image read, so a skipped file never shifts the labels of the others.
+    """
     transform = preprocessing.eval_transform()
-    images = []
-    for path, _ in samples:
+    images, labels, skipped = [], [], []
+    for path, label in samples:
         try:
             images.append(transform(load_image(path)))
-        except BadImageError:
+        except BadImageError as err:
+            skipped.append((Path(path), err.reason))
             continue
+        labels.append(label)
+    if skipped:
+        listing = "; ".join(f"{p} ({why})" for p, why in skipped)
+        log.warning("skipped %d unreadable image file(s): %s", len(skipped), listing)
     if not images:
-        raise ValueError("none of the calibration images could be read")
-    stacked = torch.stack(images)
-    return list(stacked.split(batch_size))
+        first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+        raise ValueError(f"none of the {len(samples)} {what} could be read{first}; give readable image files")
+    return LoadedImages(list(torch.stack(images).split(batch_size)), torch.tensor(labels), skipped)
+
+
+def load_batches(samples: Sequence[Sample], preprocessing: Preprocessing, batch_size: int = 32) -> list[Tensor]:
+    """The samples' images, preprocessed for inference, as float NCHW batches (unreadable files skipped, warned)."""
+    return load_images(samples, preprocessing, batch_size, "calibration images").batches

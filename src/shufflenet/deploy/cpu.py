@@ -12,11 +12,13 @@ from pathlib import Path
 # Names used everywhere (metadata, bench, settings): Linux /proc/cpuinfo spellings.
 FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "amx_bf16")
 _NUMPY_NAMES = {"avx2": "AVX2", "avx512f": "AVX512F", "avx512_vnni": "AVX512VNNI", "avx512_bf16": "AVX512BF16"}
+CPUINFO = Path("/proc/cpuinfo")
 
 
 def _proc_flags() -> set[str]:
+    """The flags of the first processor in :data:`CPUINFO` (x86 ``flags``, Arm ``Features``); empty if unreadable."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        text = CPUINFO.read_text()
     except OSError:
         return set()
     for line in text.splitlines():
@@ -25,7 +27,8 @@ def _proc_flags() -> set[str]:
     return set()
 
 
-def _numpy_flags() -> dict[str, bool] | None:
+def _numpy_cpu_features() -> dict[str, bool] | None:
+    """numpy's runtime-dispatch table (``AVX2`` -> True, ...), or None where this numpy does not expose it."""
     try:
         from numpy._core._multiarray_umath import __cpu_features__
     except ImportError:  # numpy < 2
@@ -33,7 +36,14 @@ def _numpy_flags() -> dict[str, bool] | None:
             from numpy.core._multiarray_umath import __cpu_features__
         except ImportError:
             return None
-    return {name: bool(__cpu_features__.get(key, False)) for name, key in _NUMPY_NAMES.items()}
+    return dict(__cpu_features__)
+
+
+def _numpy_flags() -> dict[str, bool] | None:
+    table = _numpy_cpu_features()
+    if table is None:
+        return None
+    return {name: bool(table.get(key, False)) for name, key in _NUMPY_NAMES.items()}
 
 
 def cpu_features() -> dict[str, bool]:

@@ -10,15 +10,17 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from shufflenet.deploy.backends import _require_onnx
+from shufflenet.deploy.backends import _require, _require_onnx, backend_available
 from shufflenet.deploy.errors import DeployError, _describe, _first_line
 from shufflenet.deploy.folding import fold_batchnorm, prepare_for_inference
+from shufflenet.deploy.formats.common import verification_batch, verify
 from shufflenet.deploy.inputs import _in_chans, check_batch, default_example_input
 from shufflenet.deploy.ir import ir_metadata, is_ir, read_ir_model
-from shufflenet.fileio import atomic_path
+from shufflenet.fileio import atomic_path, check_output_path
 from shufflenet.transforms import Preprocessing
 
 ONNX_INPUT = "input"
@@ -26,17 +28,6 @@ ONNX_OUTPUT = "logits"
 METADATA_PREFIX = "shufflenet."
 TORCHSCRIPT_META = "shufflenet.json"
 FORMAT_VERSION = 1
-
-
-def _check_output_path(path: Path, overwrite: bool, directory: bool = False) -> None:
-    """Refuse to replace an existing output unless ``overwrite``, or one of the other kind; the parent must exist."""
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
-    if path.exists() and path.is_dir() != directory:
-        kind = "a file" if directory else "a directory"
-        raise FileExistsError(f"{path} is {kind}; give a {'folder' if directory else 'file'} name")
-    if not path.parent.exists():
-        raise FileNotFoundError(f"directory {path.parent} does not exist; create it first")
 
 
 def model_metadata(
@@ -92,6 +83,7 @@ def export_onnx(
     arch: str | None = None,
     fold_bn: bool = True,
     fuse_shuffle: bool = True,
+    verify_export: bool = True,
 ) -> Path:
     """Export ``model`` to a single ONNX file with metadata (``shufflenet.*`` keys); returns the path.
 
@@ -100,10 +92,15 @@ def export_onnx(
     Channel shuffles come out as Reshape -> Transpose -> Reshape, except that with ``fuse_shuffle`` (the
     default) a v2 unit's concat + shuffle is one interleaving Unsqueeze -> Concat -> Reshape
     (:func:`prepare_for_inference`).
+
+    With ``verify_export`` (and onnxruntime installed) the graph runs in onnxruntime against PyTorch on a
+    seeded batch before the file is written (:func:`~shufflenet.deploy.formats.common.verify`): beyond the
+    tolerance a :class:`VerificationError` with the numbers and no file; within it the numbers go into the
+    metadata as ``verification``.
     """
     onnx = _require_onnx()
     path = Path(path)
-    _check_output_path(path, overwrite)
+    check_output_path(path, overwrite)
     module = prepare_for_inference(model, fold_bn=fold_bn, fuse_shuffle=fuse_shuffle)
     # torch.export specialises a size-1 dimension, so a dynamic batch is traced with two images.
     x = _export_example(model, example_input, img_size, 2 if dynamic_batch else 1)
@@ -134,12 +131,30 @@ def export_onnx(
     for node in proto.graph.node:
         # Stack traces and local file paths of the exporting machine do not belong in a shipped file.
         del node.metadata_props[:]
-    _set_metadata(proto, meta)
     proto.producer_name = "shufflenet"
     onnx.checker.check_model(proto)
+    if verify_export and backend_available("onnxruntime"):
+        batch = verification_batch(model, tuple(x.shape[2:]))
+        meta["verification"] = {"runtime": "onnxruntime", **verify(model, _OnnxBytes(proto), batch, what=str(path))}
+    _set_metadata(proto, meta)
     with atomic_path(path) as tmp_path:
         onnx.save(proto, str(tmp_path))
     return path
+
+
+class _OnnxBytes:
+    """An onnxruntime session over an in-memory ONNX proto, one image at a time (a fixed batch of 1 runs too)."""
+
+    def __init__(self, proto: Any) -> None:
+        ort = _require("onnxruntime")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Logits of the batch ``x``."""
+        logits = [self.session.run(None, {ONNX_INPUT: image[None].numpy()})[0] for image in x]
+        return torch.from_numpy(np.concatenate(logits))
 
 
 def _load_onnx_proto(path: str | Path) -> Any:
@@ -230,14 +245,16 @@ def export_torchscript(
     class_names: list[str] | None = None,
     preprocessing: Preprocessing | None = None,
     arch: str | None = None,
+    verify_export: bool = True,
 ) -> Path:
     """Trace the BN-folded model to a TorchScript file; metadata is stored as the extra file ``shufflenet.json``.
 
     Any batch size works; the input size is recorded in the metadata. Load with :func:`load_torchscript`
-    or ``torch.jit.load(path, _extra_files={"shufflenet.json": ""})``.
+    or ``torch.jit.load(path, _extra_files={"shufflenet.json": ""})``. With ``verify_export`` the frozen
+    module (what is saved) is compared with PyTorch first, as :func:`export_onnx` does.
     """
     path = Path(path)
-    _check_output_path(path, overwrite)
+    check_output_path(path, overwrite)
     module = fold_batchnorm(model)
     x = _export_example(model, example_input, img_size, 1)
     meta = model_metadata(model, tuple(x.shape[1:]), True, class_names, preprocessing, arch)
@@ -246,6 +263,9 @@ def export_torchscript(
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(module, x, check_trace=False)
         traced = torch.jit.freeze(traced)
+        if verify_export:
+            batch = verification_batch(model, tuple(x.shape[2:]))
+            meta["verification"] = {"runtime": "torchscript", **verify(model, traced, batch, what=str(path))}
         with atomic_path(path) as tmp_path:
             torch.jit.save(traced, str(tmp_path), _extra_files={TORCHSCRIPT_META: json.dumps(meta)})
     return path

@@ -5,30 +5,16 @@ from __future__ import annotations
 import copy
 import logging
 
-import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 log = logging.getLogger(__name__)
-
-
-def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """A new Conv2d computing ``bn(conv(x))`` in eval mode: W' = W * g / s, b' = (b - mean) * g / s + beta."""
-    fused = copy.deepcopy(conv)
-    with torch.no_grad():
-        scale = (
-            bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(bn.running_var + bn.eps)
-        )
-        weight = conv.weight * scale.reshape(-1, 1, 1, 1)
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        bias = (bias - bn.running_mean) * scale + (bn.bias if bn.affine else 0)
-        fused.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
-        fused.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
-    return fused
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` with every Conv2d -> BatchNorm2d pair inside a Sequential fused.
 
+    Each pair becomes torch's ``fuse_conv_bn_eval``: W' = W * g / s, b' = (b - mean) * g / s + beta.
     The BatchNorm is replaced by ``nn.Identity`` so module indices (and state_dict keys of the other
     layers) stay put. ``model`` itself is not changed.
     """
@@ -68,7 +54,7 @@ def _fold_in_place(module: nn.Module) -> int:
                 and bn.track_running_stats
                 and conv.out_channels == bn.num_features
             ):
-                module[i] = fold_conv_bn(conv, bn)
+                module[i] = fuse_conv_bn_eval(conv, bn)
                 module[i + 1] = nn.Identity()
                 children[i + 1] = module[i + 1]
                 count += 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from shufflenet.data import Sample, scan_image_folder
-from shufflenet.deploy.calibration import CALIBRATION_SIZE, folder_samples, load_batches, run_split, stratified_sample
+from shufflenet.deploy.calibration import CALIBRATION_SIZE, folder_samples, load_images, run_split, stratified_sample
 from shufflenet.deploy.errors import DeployError
 from shufflenet.deploy.export import (
-    _check_output_path,
     add_onnx_metadata,
     export_onnx,
     onnx_metadata_values,
@@ -32,6 +31,7 @@ from shufflenet.deploy.export import (
 from shufflenet.deploy.ir import IR_SUFFIX, is_ir, nncf_quantize, read_ir_model, save_ir
 from shufflenet.deploy.quantize import _QUANT_FORMAT, _calibration_batches, choose_int8_settings, quantize_onnx
 from shufflenet.deploy.select import load_onnx
+from shufflenet.fileio import check_output_path
 
 
 class AccuracyDropError(DeployError):
@@ -49,6 +49,7 @@ class Int8Result:
     int8_top1: float
     val_images: int
     calibration: dict[str, Any]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # unreadable images left out (warned)
 
     @property
     def drop(self) -> float:
@@ -92,49 +93,69 @@ def quantize_model(
     ``model`` came from: ``shufflenet bench --weights`` times the int8 file beside it.
     """
     out = Path(out)
-    _check_output_path(out, overwrite)
+    check_output_path(out, overwrite)
     ir = _check_int8_target(out, backend, accuracy_control)
+    if len(val_labels) != sum(len(batch) for batch in val_batches):
+        raise ValueError(
+            f"{len(val_labels)} validation labels for {sum(len(b) for b in val_batches)} validation images"
+        )
     fp32_top1 = _top1(model.eval(), val_batches, val_labels)
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", example_input=val_batches[0][:1], dynamic_batch=True)
-        if ir:
-            control = (val_batches, val_labels, max_drop / 100) if accuracy_control else None
-            int8 = _nncf_ir(fp32, Path(tmp) / "int8.xml", calibration, control)
-        else:
-            int8 = quantize_onnx(fp32, Path(tmp) / "int8.onnx", calibration, _QUANT_FORMAT[backend])
+        # Not verified on random pixels: the int8 file is measured on the validation images below.
+        fp32 = Path(tmp) / "fp32.onnx"
+        export_onnx(model, fp32, example_input=val_batches[0][:1], dynamic_batch=True, verify_export=False)
+        control = (val_batches, val_labels, max_drop / 100) if accuracy_control else None
+        int8 = _quantize(fp32, Path(tmp), backend, ir, calibration, control)
         int8_top1 = _top1(load_onnx(int8, backend, "int8"), val_batches, val_labels)
-        result = Int8Result(
-            out,
-            backend,
-            read_onnx_metadata(int8)["int8"],
-            fp32_top1,
-            int8_top1,
-            len(val_labels),
-            calibration_info or {},
-        )
-        if result.drop > max_drop:
-            raise AccuracyDropError(
-                f"int8 top-1 {int8_top1:.4f} vs fp32 {fp32_top1:.4f} on {len(val_labels)} validation images: "
-                f"{result.drop:.1f} points lost, more than --max-drop {max_drop}; calibrate on more or more "
-                "typical images (--calibration DIR, --calibration-size), "
-                + (
-                    ""
-                    if accuracy_control
-                    else "let NNCF keep the sensitive layers in fp32 (--backend openvino "
-                    "--out FILE.xml --accuracy-control), "
-                )
-                + "or raise --max-drop"
-            )
-        accuracy = {"fp32_top1": fp32_top1, "int8_top1": int8_top1, "val_images": len(val_labels)}
-        extra = {"int8_accuracy": accuracy, "int8_calibration": result.calibration}
-        if source_checkpoint is not None:
-            extra["source_checkpoint"] = str(Path(source_checkpoint).resolve())
-        if ir:
-            save_ir(read_ir_model(int8), out, extra)
-        else:
-            add_onnx_metadata(int8, extra)
-            shutil.move(str(int8), str(out))
+        settings = read_onnx_metadata(int8)["int8"]
+        result = Int8Result(out, backend, settings, fp32_top1, int8_top1, len(val_labels), calibration_info or {})
+        _check_drop(result, max_drop, accuracy_control)
+        _write_int8(int8, out, result, source_checkpoint)
     return result
+
+
+def _quantize(
+    fp32: Path,
+    folder: Path,
+    backend: str,
+    ir: bool,
+    calibration: Sequence[Tensor],
+    control: tuple[Sequence[Tensor], Tensor, float] | None,
+) -> Path:
+    """The int8 file in ``folder``: an NNCF IR (``ir``) or ONNX Runtime's quantization of the fp32 ONNX file."""
+    if ir:
+        return _nncf_ir(fp32, folder / "int8.xml", calibration, control)
+    return quantize_onnx(fp32, folder / "int8.onnx", calibration, _QUANT_FORMAT[backend])
+
+
+def _check_drop(result: Int8Result, max_drop: float, accuracy_control: bool) -> None:
+    """The gate: raise :class:`AccuracyDropError` with both accuracies when int8 lost more than ``max_drop`` points."""
+    if result.drop <= max_drop:
+        return
+    nncf_hint = (
+        ""
+        if accuracy_control
+        else "let NNCF keep the sensitive layers in fp32 (--backend openvino --out FILE.xml --accuracy-control), "
+    )
+    raise AccuracyDropError(
+        f"int8 top-1 {result.int8_top1:.4f} vs fp32 {result.fp32_top1:.4f} on {result.val_images} validation "
+        f"images: {result.drop:.1f} points lost, more than --max-drop {max_drop:g}; nothing written to "
+        f"{result.path}; calibrate on more or more typical images (--calibration DIR, --calibration-size), "
+        f"{nncf_hint}or raise --max-drop"
+    )
+
+
+def _write_int8(int8: Path, out: Path, result: Int8Result, source_checkpoint: str | Path | None) -> None:
+    """Move the checked int8 file to ``out`` with its accuracy, calibration and source checkpoint in the metadata."""
+    accuracy = {"fp32_top1": result.fp32_top1, "int8_top1": result.int8_top1, "val_images": result.val_images}
+    extra = {"int8_accuracy": accuracy, "int8_calibration": result.calibration}
+    if source_checkpoint is not None:
+        extra["source_checkpoint"] = str(Path(source_checkpoint).resolve())
+    if is_ir(out):
+        save_ir(read_ir_model(int8), out, extra)
+    else:
+        add_onnx_metadata(int8, extra)
+        shutil.move(str(int8), str(out))
 
 
 def _check_int8_target(out: Path, backend: str, accuracy_control: bool) -> bool:
@@ -193,26 +214,26 @@ def quantize_run(
     else:
         pool, source = split[1], f"training split of {Path(weights).resolve().parent / 'split.json'}"
     chosen = stratified_sample(pool, calibration_size, seed)
-    calibration = load_batches(chosen, model.preprocessing)
+    calibration = load_images(chosen, model.preprocessing, what="calibration images")
     if val_dir is not None:
         samples, names = scan_image_folder(val_dir)
         val = _labelled(samples, names, model.class_names, str(val_dir))
     else:
         names = split[0]
         val = _labelled(split[2], names, model.class_names, "split.json")
-    val_batches = load_batches(val, model.preprocessing, 64)
-    labels = torch.tensor([label for _, label in val])
-    info = {"source": source, "images": len(chosen), "seed": seed, "stratified": True}
-    return quantize_model(
+    validation = load_images(val, model.preprocessing, 64, what="validation images")
+    info = {"source": source, "images": sum(len(b) for b in calibration.batches), "seed": seed, "stratified": True}
+    result = quantize_model(
         model,
         backend,
         out,
-        calibration,
-        val_batches,
-        labels,
+        calibration.batches,
+        validation.batches,
+        validation.labels,
         max_drop=max_drop,
         calibration_info=info,
         overwrite=overwrite,
         accuracy_control=accuracy_control,
         source_checkpoint=weights,
     )
+    return replace(result, skipped=calibration.skipped + validation.skipped)

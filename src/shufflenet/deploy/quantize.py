@@ -26,13 +26,12 @@ from torch import Tensor
 from shufflenet.deploy.backends import _require
 from shufflenet.deploy.cpu import cpu_features, describe_cpu, has_vnni
 from shufflenet.deploy.export import (
-    _check_output_path,
     _load_onnx_proto,
     _metadata_values,
     add_onnx_metadata,
 )
 from shufflenet.deploy.inputs import check_batch
-from shufflenet.fileio import atomic_path
+from shufflenet.fileio import atomic_path, check_output_path
 
 # ONNX Runtime runs the QOperator form (QLinearConv...) fastest; OpenVINO reads only the QDQ form.
 _QUANT_FORMAT = {"onnxruntime": "qoperator", "openvino": "qdq"}
@@ -145,7 +144,7 @@ def quantize_onnx(
     if quant_format not in ("qdq", "qoperator"):
         raise ValueError(f"quant_format must be 'qdq' or 'qoperator', got {quant_format!r}")
     dst = Path(dst)
-    _check_output_path(dst, overwrite)
+    check_output_path(dst, overwrite)
     settings = choose_int8_settings("onnxruntime" if quant_format == "qoperator" else "openvino")
     if reduce_range is not None and reduce_range != settings.reduce_range:
         reason = f"reduce_range={reduce_range} as asked (this CPU: {describe_cpu(settings.cpu)})"
@@ -186,5 +185,7 @@ def quantize_onnx(
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
             )
-            add_onnx_metadata(tmp_path, {**_metadata_values(proto, src), "int8": settings.to_dict()})
+            # The fp32 file's verification says nothing about the int8 one.
+            meta = {k: v for k, v in _metadata_values(proto, src).items() if k != "verification"}
+            add_onnx_metadata(tmp_path, {**meta, "int8": settings.to_dict()})
     return dst

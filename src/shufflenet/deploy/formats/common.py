@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from shufflenet.deploy.inputs import agreement, default_example_input
+from shufflenet.deploy.errors import DeployError
+from shufflenet.deploy.inputs import _in_chans, agreement
 
 # pip extra and module of each mobile tool.
 EXTRAS = {
@@ -30,6 +31,16 @@ EXTRAS = {
     "coremltools": "coreml",
 }
 VERIFY_BATCH = 4
+# fp32: an exported file must give PyTorch's logits up to float32 rounding in another order, measured
+# ~1e-5 of the largest logit (ONNX, ncnn, TFLite; v1 and v2); a changed weight or op is far above 1e-3.
+FP32_TOLERANCE = 1e-3
+# int8: rounding flips the top-1 of images near a decision boundary, a broken file (wrong scale or ranges)
+# the top-1 of most; on its calibration images the digits model's TFLite int8 agrees on 98%.
+INT8_MIN_AGREEMENT = 0.9
+
+
+class VerificationError(DeployError):
+    """An exported file whose outputs disagree with PyTorch beyond the tolerance; it was not written."""
 
 
 @dataclass
@@ -88,24 +99,49 @@ def quiet(*loggers: str) -> Iterator[None]:
             logger.setLevel(level)
 
 
-def verification_batch(model: nn.Module, img_size: int, seed: int = 0) -> Tensor:
+def verification_batch(model: nn.Module, img_size: int | tuple[int, int], seed: int = 0) -> Tensor:
     """A seeded batch of random 8-bit pixels put through the model's preprocessing (scale, order, mean/std).
 
     Inputs on the scale the model sees in use: a megvii v1 takes 0-255 BGR values, a torchvision v2
     ImageNet-normalised ones, and the check should exercise either.
     """
     generator = torch.Generator().manual_seed(seed)
-    shape = default_example_input(model, VERIFY_BATCH, img_size).shape
+    height, width = (img_size, img_size) if isinstance(img_size, int) else img_size
+    shape = (VERIFY_BATCH, _in_chans(model), height, width)
     pixels = torch.randint(0, 256, shape, generator=generator).float() / 255
     preprocessing = getattr(model, "preprocessing", None)
     return preprocessing.normalize()(pixels) if preprocessing is not None else pixels
 
 
-def verify(model: nn.Module, runner: Callable[[Tensor], Tensor], x: Tensor) -> Mapping[str, float]:
-    """Max abs diff and top-1 agreement of ``runner`` against the PyTorch model on ``x``."""
+def verify(
+    model: nn.Module, runner: Callable[[Tensor], Tensor], x: Tensor, precision: str = "fp32", what: str = "the export"
+) -> dict[str, float]:
+    """Compare ``runner`` with the PyTorch model on ``x``; raise :class:`VerificationError` beyond the tolerance.
+
+    fp32: max |diff| relative to the largest PyTorch logit at most :data:`FP32_TOLERANCE`; int8: top-1
+    agreement at least :data:`INT8_MIN_AGREEMENT` (``x`` then being the calibration images). Returns the
+    numbers: ``max_abs_diff``, ``relative_diff``, ``top1_agreement``, ``images``.
+    """
     with torch.inference_mode():
         expected = model.eval()(x)
-    return agreement(expected, runner(x))
+    check = dict(agreement(expected, runner(x)))
+    check["relative_diff"] = check["max_abs_diff"] / max(expected.abs().max().item(), 1e-12)
+    check["images"] = len(x)
+    numbers = (
+        f"max abs diff {check['max_abs_diff']:.2e} ({check['relative_diff']:.1e} of the largest logit), "
+        f"top-1 agreement {check['top1_agreement']:.1%} on {len(x)} images"
+    )
+    if precision == "int8" and check["top1_agreement"] < INT8_MIN_AGREEMENT:
+        raise VerificationError(
+            f"{what} disagrees with PyTorch: {numbers} (int8 needs {INT8_MIN_AGREEMENT:.0%} agreement on the "
+            "calibration images); nothing was written. Calibrate on more images typical of the inputs, or export fp32"
+        )
+    if precision != "int8" and check["relative_diff"] > FP32_TOLERANCE:
+        raise VerificationError(
+            f"{what} disagrees with PyTorch: {numbers} (fp32 allows {FP32_TOLERANCE:g} of the largest logit); "
+            "nothing was written. The converter changed the model: report it with the model name and package versions"
+        )
+    return check
 
 
 def crop_size(model: nn.Module, img_size: int | None) -> int:

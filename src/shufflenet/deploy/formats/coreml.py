@@ -16,13 +16,22 @@ import torch
 from torch import Tensor, nn
 
 from shufflenet.deploy.errors import DeployError
-from shufflenet.deploy.export import _check_output_path, model_metadata
+from shufflenet.deploy.export import model_metadata
 from shufflenet.deploy.folding import fold_batchnorm
-from shufflenet.deploy.formats.common import ExportResult, crop_size, quiet, require, staged_folder
+from shufflenet.deploy.formats.common import (
+    ExportResult,
+    VerificationError,
+    crop_size,
+    quiet,
+    require,
+    staged_folder,
+)
+from shufflenet.fileio import check_output_path
 from shufflenet.transforms import Preprocessing
 
 INPUT_NAME = "image"
 METADATA_KEY = "shufflenet.json"
+_WEIGHTS = "Data/com.apple.CoreML/weights"  # where an .mlpackage keeps weight.bin
 
 
 class _NormalizeAndSoftmax(nn.Module):
@@ -57,13 +66,14 @@ def export_coreml(
 ) -> ExportResult:
     """Write an ``.mlpackage`` (fp32 ML program, iOS 15+) with an ImageType input and class labels.
 
-    Core ML does not run on Linux, so the result carries no verification; the spec is read back instead.
+    Core ML does not run on Linux, so the result carries no verification; before the package is moved into
+    place its layers and weights are read back and compared with the model (:func:`check_coreml_layers`).
     """
     ct = _coremltools("Core ML export")
     path = Path(path)
     if path.suffix != ".mlpackage":
         raise ValueError(f"a Core ML ML program is a folder ending in .mlpackage, got {path.name!r}")
-    _check_output_path(path, overwrite, directory=True)
+    check_output_path(path, overwrite, directory=True)
     size = crop_size(model, img_size)
     meta = model_metadata(model, (3, size, size), False, class_names, preprocessing, arch)
     prep = Preprocessing.from_dict(meta["preprocessing"])
@@ -92,7 +102,52 @@ def export_coreml(
     mlmodel.user_defined_metadata[METADATA_KEY] = json.dumps(meta)
     with staged_folder(path) as staged:
         mlmodel.save(str(staged))
-    return ExportResult(path, [path], note="Core ML runs only on Apple platforms; not verified in a runtime here")
+        layers = check_coreml_layers(model, staged, what=str(path))  # before the package is moved into place
+    note = (
+        f"spec checked: {layers['conv']} conv and {layers['linear']} linear layers with the model's weights; "
+        "Core ML runs only on Apple platforms; not verified in a runtime here"
+    )
+    return ExportResult(path, [path], note=note)
+
+
+# Weights are stored as float32 (compute_precision FLOAT32): equal to the folded model's up to nothing.
+WEIGHT_TOLERANCE = 1e-6
+
+
+def check_coreml_layers(model: nn.Module, path: str | Path, what: str | None = None) -> dict[str, int]:
+    """The check that runs on Linux: the package's conv and linear ops match the BN-folded model's layers.
+
+    As many ops as the model has Conv2d / Linear layers, in the same order, each with the same weight
+    (max |diff| at most :data:`WEIGHT_TOLERANCE` of the layer's largest weight); a
+    :class:`~.common.VerificationError` otherwise. Returns the layer counts.
+    """
+    ct = _coremltools("checking a Core ML package")
+    from coremltools.converters.mil.frontend.milproto.load import load as load_program
+
+    what = what or str(path)
+    spec = ct.utils.load_spec(str(path))
+    program = load_program(
+        model_spec=spec, specification_version=spec.specificationVersion, file_weights_dir=str(Path(path) / _WEIGHTS)
+    )
+    ops = list(program.functions["main"].operations)
+    folded = fold_batchnorm(model)
+    counts = {}
+    for op_type, layer_type in (("conv", nn.Conv2d), ("linear", nn.Linear)):
+        package = [op.weight.val for op in ops if op.op_type == op_type]
+        source = [m.weight.detach().numpy() for m in folded.modules() if isinstance(m, layer_type)]
+        if len(package) != len(source):
+            raise VerificationError(
+                f"{what} has {len(package)} {op_type} layers, the model {len(source)}; nothing was written"
+            )
+        for i, (got, want) in enumerate(zip(package, source, strict=True)):
+            diff = float(abs(got - want).max()) if got.shape == want.shape else float("inf")
+            if diff > WEIGHT_TOLERANCE * max(float(abs(want).max()), 1e-12):
+                raise VerificationError(
+                    f"{what}: {op_type} layer {i} differs from the model's (shape {tuple(got.shape)} vs "
+                    f"{tuple(want.shape)}, max abs diff {diff:.2e}); nothing was written"
+                )
+        counts[op_type] = len(package)
+    return counts
 
 
 def read_coreml_metadata(path: str | Path) -> dict[str, Any]:

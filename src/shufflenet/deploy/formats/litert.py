@@ -17,12 +17,12 @@ import torch
 from torch import Tensor, nn
 
 from shufflenet.deploy.errors import DeployError
-from shufflenet.deploy.export import _check_output_path, model_metadata
+from shufflenet.deploy.export import model_metadata
 from shufflenet.deploy.folding import fold_batchnorm
 from shufflenet.deploy.formats.common import ExportResult, crop_size, quiet, require, verification_batch, verify
 from shufflenet.deploy.quantize import _calibration_batches
 from shufflenet.deploy.runtimes.litert import METADATA_NAME, TFLITE_IDENTIFIER, load_tflite
-from shufflenet.fileio import atomic_path
+from shufflenet.fileio import atomic_path, check_output_path
 from shufflenet.transforms import Preprocessing
 
 
@@ -127,35 +127,34 @@ def export_tflite(
 ) -> ExportResult:
     """Write a .tflite (NHWC float input; ``precision="int8"``: static int8 calibrated on your images).
 
-    With ``verify_export`` the file runs in the LiteRT interpreter against PyTorch on a seeded batch
-    (``result.verification``: max abs diff, top-1 agreement).
+    With ``verify_export`` the file runs in the LiteRT interpreter against PyTorch before it is moved into
+    place: fp32 on a seeded batch (max |diff| within :data:`~.common.FP32_TOLERANCE` of the largest logit),
+    int8 on its calibration images (top-1 agreement at least :data:`~.common.INT8_MIN_AGREEMENT`); beyond
+    that a :class:`~.common.VerificationError` with the numbers, and nothing written.
     """
     if precision not in ("fp32", "int8"):
         raise ValueError(f"TFLite export writes precision 'fp32' or 'int8', not {precision!r}")
     path = Path(path)
-    _check_output_path(path, overwrite)
+    check_output_path(path, overwrite)
     size = crop_size(model, img_size)
     meta = model_metadata(model, (3, size, size), False, class_names, preprocessing, arch)
     meta["precision"] = precision
     meta["tflite"] = tflite_preprocessing(Preprocessing.from_dict(meta["preprocessing"]))
-    calibration = _nhwc_calibration(calibration_data, size) if precision == "int8" else []
+    calibration = _calibration_batches(calibration_data, spatial=(size, size)) if precision == "int8" else []
+    nhwc = [np.ascontiguousarray(batch.transpose(0, 2, 3, 1)) for batch in calibration]
     if precision == "int8":
-        meta["int8"] = int8_metadata(calibration)
+        meta["int8"] = int8_metadata(nhwc)
     # The metadata goes in before quantization: ai-edge-quantizer keeps it, and its output (weights placed
     # after the flatbuffer) cannot be re-packed by the flatbuffers object API.
     data = add_metadata(_convert(fold_batchnorm(model), size), meta)
     if precision == "int8":
-        data = _quantize_int8(data, calibration)
+        data = _quantize_int8(data, nhwc)
+    result = ExportResult(path, [path])
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
-    result = ExportResult(path, [path])
-    if verify_export:
-        result.runtime = "litert"
-        result.verification = verify(model, load_tflite(path), verification_batch(model, size))
+        if verify_export:  # before the file is moved into place: one that disagrees is never written
+            result.runtime = "litert"
+            # int8 is judged on the images it was calibrated on; fp32 on a seeded batch of random pixels.
+            x = torch.from_numpy(np.concatenate(calibration)) if calibration else verification_batch(model, size)
+            result.verification = verify(model, load_tflite(tmp), x, precision, what=str(path))
     return result
-
-
-def _nhwc_calibration(calibration_data: Iterable[Tensor] | None, size: int) -> list[np.ndarray]:
-    """Calibration batches checked as for every int8 path, then NHWC as the .tflite takes them."""
-    batches = _calibration_batches(calibration_data, spatial=(size, size))
-    return [np.ascontiguousarray(batch.transpose(0, 2, 3, 1)) for batch in batches]

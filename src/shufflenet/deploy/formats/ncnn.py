@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from shufflenet.deploy.errors import DeployError
-from shufflenet.deploy.export import _check_output_path, model_metadata
+from shufflenet.deploy.export import model_metadata
 from shufflenet.deploy.folding import fold_batchnorm
 from shufflenet.deploy.formats.common import (
     ExportResult,
@@ -30,6 +30,7 @@ from shufflenet.deploy.formats.common import (
     verify,
 )
 from shufflenet.deploy.runtimes.ncnn import BIN_FILE, META_FILE, PARAM_FILE, load_ncnn
+from shufflenet.fileio import check_output_path
 from shufflenet.transforms import Preprocessing
 
 
@@ -93,15 +94,17 @@ def export_ncnn(
 ) -> ExportResult:
     """Write ``out_dir`` with the ncnn param/bin (via pnnx) and a JSON of class names and preprocessing.
 
-    With ``verify_export`` (and the ncnn package installed) the files are loaded in ncnn and compared
-    with PyTorch on a seeded batch: ``result.verification`` holds max abs diff and top-1 agreement.
+    With ``verify_export`` the files are loaded in ncnn and compared with PyTorch on a seeded batch before
+    they are moved into place (:func:`~shufflenet.deploy.formats.common.verify`: a
+    :class:`VerificationError` beyond the tolerance, and nothing written); ``result.verification`` holds the numbers.
     """
     out_dir = Path(out_dir)
-    _check_output_path(out_dir, overwrite, directory=True)
+    check_output_path(out_dir, overwrite, directory=True)
     size = crop_size(model, img_size)
     module = fold_batchnorm(model)
     meta = model_metadata(model, (3, size, size), False, class_names, preprocessing, arch)
     prep = Preprocessing.from_dict(meta["preprocessing"])
+    result = ExportResult(out_dir, [out_dir / PARAM_FILE, out_dir / BIN_FILE, out_dir / META_FILE])
     with staged_folder(out_dir) as staging:
         param, weights = _convert(module, torch.zeros(1, 3, size, size), staging.parent)
         meta["ncnn"] = {**_blob_names(param), **ncnn_preprocessing(prep)}
@@ -109,10 +112,9 @@ def export_ncnn(
         os.replace(param, staging / PARAM_FILE)
         os.replace(weights, staging / BIN_FILE)
         (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    result = ExportResult(out_dir, [out_dir / PARAM_FILE, out_dir / BIN_FILE, out_dir / META_FILE])
-    if verify_export:
-        result.runtime = "ncnn"
-        result.verification = verify(model, load_ncnn(out_dir), verification_batch(model, size))
+        if verify_export:  # before the folder is moved into place: a file that disagrees is never written
+            result.runtime = "ncnn"
+            result.verification = verify(model, load_ncnn(staging), verification_batch(model, size), what=str(out_dir))
     return result
 
 
