@@ -7,6 +7,7 @@ epochs of (train steps, validation, checkpoints) -> plots. Only rank 0 writes fi
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -397,7 +398,8 @@ def _write_plots(
         "channels_last": channels_last,
         "batch_transform": data.normalize,
     }
-    run_folder.write_plots(run_dir, history, model, full_val, data.class_names, **eval_options)
+    # best.pt is evaluated in a copy: the trained model stays as the last step left it (on every rank).
+    run_folder.write_plots(run_dir, history, copy.deepcopy(model), full_val, data.class_names, **eval_options)
 
 
 def _epoch_row(
