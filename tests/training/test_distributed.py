@@ -84,7 +84,7 @@ def test_ranks_agree_and_resume_is_exact_under_ddp(tmp_path: Path) -> None:
     write_tree(tmp_path / "data" / "train", 8, seed=0)  # 16 images: 8 per process, 2 steps of 4
     write_tree(tmp_path / "data" / "val", 2, seed=1)
     options = {**DDP_TINY, "data": str(tmp_path / "data"), "epochs": 2, "batch_size": 4, "lr": 1e-2}
-    options.update(mixup_alpha=0.4, cutmix_alpha=1.0, ema_epochs=0.5, schedule="cosine", cache_images=True)
+    options.update(mixup_alpha=0.4, cutmix_alpha=1.0, ema_epochs=2, schedule="cosine", cache_images=True)
     straight, cut = tmp_path / "straight", tmp_path / "cut"
     resume = {"out": str(cut), "resume": True, "device": "cpu", "threads": 1, "workers": 0, "scramble_rng": True}
     torchrun([{**options, "out": str(straight)}, {**options, "out": str(cut), "cut_after_step": 1}, resume], tmp_path)
