@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -155,7 +156,9 @@ def test_tiny_images_suggest_the_small_input_stem_but_every_recipe_builds_the_pa
     for name in RECIPES:
         cfg, notes = resolve_recipe(TrainConfig(out="run", recipe=name, img_size=32), {"recipe", "img_size"})
         assert cfg.small_input is False
-        assert any("--small-input" in note for note in notes)
+        (note,) = [note for note in notes if "--small-input" in note]
+        # The suggestion quotes no accuracy: a number measured on another dataset is no promise for this one.
+        assert not re.search(r"\d\.\d", note), note
     _, notes = resolve_recipe(TrainConfig(out="run", img_size=65), {"img_size"})
     assert not any("--small-input" in note for note in notes)
     cfg, notes = resolve_recipe(TrainConfig(out="run", img_size=32, small_input=True), {"img_size", "small_input"})
