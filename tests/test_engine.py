@@ -16,7 +16,7 @@ def test_old_engine_names_are_the_new_objects() -> None:
     assert engine.resolve_device is devices.resolve_device and engine.resolve_amp is devices.resolve_amp
     assert engine.train_transform is transforms.train_transform
     assert engine.batch_normalizer is transforms.batch_normalizer
-    assert engine.build_optimizer is optim.build_optimizer and engine.lr_factor is optim.lr_factor
+    assert engine.build_optimizer is optim.build_optimizer
     assert engine.CachedImages is loaders.CachedImages and engine.resolve_workers is loaders.resolve_workers
     assert engine.METRIC_COLUMNS[0] == "epoch" and engine.OPTIMIZERS == ("adam", "adamw", "sgd")
     assert set(engine.__all__) <= set(dir(engine))

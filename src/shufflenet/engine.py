@@ -33,7 +33,7 @@ from shufflenet.training import (
     write_metrics_csv,
 )
 from shufflenet.training.loaders import CACHE_BUDGET, CachedImages, resolve_workers
-from shufflenet.training.optim import build_optimizer, lr_factor
+from shufflenet.training.optim import build_optimizer
 from shufflenet.transforms import batch_normalizer, eval_transform, train_transform
 
 __all__ = [
@@ -59,7 +59,6 @@ __all__ = [
     "eval_transform",
     "evaluate",
     "load_eval_dataset",
-    "lr_factor",
     "predict",
     "resolve_amp",
     "resolve_device",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
@@ -204,3 +205,43 @@ def test_resume_is_exact_with_each_recipe_feature(
     resumed = shufflenet.train(out=str(tmp_path / "cut"), resume=True, device="cpu", threads=1)
     assert resumed.stopped is None and [row["epoch"] for row in resumed.history] == [1, 2]
     assert_same_run(tmp_path / "straight", tmp_path / "cut")
+
+
+def test_resume_from_an_older_lambdalr_last_pt_is_exact(
+    image_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """last.pt files written before the schedule used torch's LinearLR/CosineAnnealingLR hold LambdaLR state:
+    such a run continues on the same schedule at the same step, and ends as the uninterrupted run."""
+    options = {**TINY, "data": str(image_tree), "epochs": 2, "threads": 1, "cache_images": True}
+    options.update(schedule="cosine", warmup_epochs=0.5)
+    shufflenet.train(out=str(tmp_path / "straight"), **options)
+    with monkeypatch.context() as cut:
+        cut_after_step(cut, 2)
+        shufflenet.train(out=str(tmp_path / "cut"), **options)
+    last = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    older = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    older.last_epoch = last["scheduler"]["last_epoch"]
+    last["scheduler"] = older.state_dict()
+    torch.save(last, tmp_path / "cut" / "last.pt")
+    resumed = shufflenet.train(out=str(tmp_path / "cut"), resume=True, device="cpu", threads=1)
+    assert resumed.stopped is None
+    assert_same_run(tmp_path / "straight", tmp_path / "cut")
+
+
+def test_resume_with_more_epochs_follows_the_longer_schedule(image_tree: Path, tmp_path: Path) -> None:
+    """--resume --epochs N stretches the cosine over N epochs from where the run is, as a run of N epochs."""
+    options = {
+        **TINY,
+        "data": str(image_tree),
+        "threads": 1,
+        "cache_images": True,
+        "schedule": "cosine",
+        "warmup_epochs": 0,
+    }
+    shufflenet.train(out=str(tmp_path / "run"), epochs=1, **options)
+    resumed = shufflenet.train(out=str(tmp_path / "run"), resume=True, epochs=3, device="cpu", threads=1)
+    # 4 steps an epoch, 12 in all: metrics.csv's lr is the epoch's last step's.
+    for row in resumed.history[1:]:
+        last_step = 4 * row["epoch"] - 1
+        assert row["lr"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * last_step / 12)), rel=1e-9)

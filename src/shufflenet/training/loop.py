@@ -192,7 +192,7 @@ def _train_in_run_dir(
     # ---- resume: weights, optimizer, schedule, RNG, history and a partly done epoch, from last.pt
     at = ResumePoint()
     if resume_from is not None:
-        at = restore(resume_from, run_dir, cfg, data.class_names, run.objects, dist)
+        at = restore(resume_from, run_dir, cfg, data.class_names, run.objects, dist, run.steps_per_epoch)
         restore_ema(run.ema, resume_from, run.model)
     history, best_val_acc, best_epoch = at.history, at.best_val_acc, at.best_epoch
     if dist.world_size > 1:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from shufflenet.checkpoints import CheckpointError, load_checkpoint
 from shufflenet.training.config import RUNTIME_OPTIONS, TrainConfig
 from shufflenet.training.distributed import Distributed
+from shufflenet.training.optim import advance, same_schedule
 
 log = logging.getLogger("shufflenet.training")
 
@@ -73,13 +74,12 @@ def restore(
     class_names: list[str],
     objects: dict[str, Any],
     dist: Distributed,
+    steps_per_epoch: int,
 ) -> ResumePoint:
     """Load ``objects`` (model, optimizer, scheduler, scaler) and the RNG from last.pt; where to continue."""
     _check_same_classes(checkpoint, class_names, run_dir / "last.pt", cfg.data)
     model: nn.Module = objects["model"]
     model.load_state_dict(checkpoint["state_dict"])
-    objects["optimizer"].load_state_dict(checkpoint["optimizer"])
-    objects["scheduler"].load_state_dict(checkpoint["scheduler"])
     scaler = objects["scaler"]
     if checkpoint.get("scaler") and scaler.is_enabled():
         scaler.load_state_dict(checkpoint["scaler"])
@@ -93,6 +93,7 @@ def restore(
     if point.step and checkpoint.get("world_size", 1) != dist.world_size:
         log.warning("the interrupted epoch ran with another world size; it restarts from its beginning")
         point.step = 0
+    _restore_optimizer(checkpoint, objects, point.epoch * steps_per_epoch + point.step)
     own = _rank_state(checkpoint, dist)
     if point.step:
         point.sums = torch.tensor(own["sums"], dtype=torch.float64)
@@ -108,6 +109,22 @@ def restore(
             f"N > {point.epoch} to train further"
         )
     return point
+
+
+def _restore_optimizer(checkpoint: dict[str, Any], objects: dict[str, Any], position: int) -> None:
+    """The optimizer's state, and the schedule's: as saved when it is this run's schedule at this step, else
+    this run's schedule (built for its epochs and steps per epoch) advanced to ``position`` optimizer steps."""
+    optimizer, scheduler, saved = objects["optimizer"], objects["scheduler"], checkpoint["scheduler"]
+    same = same_schedule(saved, scheduler.state_dict()) and saved.get("last_epoch") == position
+    if not same:  # advanced before the optimizer's saved lr replaces the fresh one its steps start from
+        log.info("last.pt's learning-rate schedule differs from this run's: continuing this run's at step %d", position)
+        advance(scheduler, position)
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    if same:
+        scheduler.load_state_dict(saved)
+    else:
+        for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr(), strict=True):
+            group["lr"] = lr
 
 
 def _rank_state(checkpoint: dict[str, Any], dist: Distributed) -> dict[str, Any] | None:
