@@ -93,6 +93,9 @@ def restore(
     if point.step and checkpoint.get("world_size", 1) != dist.world_size:
         log.warning("the interrupted epoch ran with another world size; it restarts from its beginning")
         point.step = 0
+    elif point.step and dist.world_size > 1 and "ranks" not in checkpoint:
+        log.warning("last.pt (an older one) lacks the other processes' partial sums: the epoch restarts")
+        point.step = 0
     _restore_optimizer(checkpoint, objects, point.epoch * steps_per_epoch + point.step)
     own = _rank_state(checkpoint, dist)
     if point.step:
