@@ -223,22 +223,14 @@ def _train_in_run_dir(
         # validation (each rank a shard, summed), metrics, checkpoints
         row, val = _validate(run, epoch, steps)
         improved = row["val_acc"] > best_val_acc
-        best_ema_before = max((r.get("val_acc_ema", -1.0) for r in history), default=-1.0)
-        improved_ema = run.ema is not None and row["val_acc_ema"] > best_ema_before
+        if dist.is_main:
+            _save_best(run, epoch, row, val, history, improved)
         history.append(row)
         if improved:
             best_val_acc, best_epoch = row["val_acc"], epoch + 1
         _save_last(run, ResumePoint(epoch + 1, 0, history, best_val_acc, best_epoch))
         if dist.is_main:
             run_folder.record_epoch(run_dir, history, tensorboard)
-            if improved:
-                best = run.checkpoint(
-                    run.model, epoch=epoch + 1, val_acc=val.top1, val_top5=val.top5, val_loss=val.loss
-                )
-                save_checkpoint(run_dir / "best.pt", best)
-            if improved_ema:
-                best_ema = run.checkpoint(run.ema, ema=True, epoch=epoch + 1, val_acc=row["val_acc_ema"])
-                save_checkpoint(run_dir / "best_ema.pt", best_ema)
         run_folder.log_epoch(row, cfg.epochs, improved)
         if dist.sum(torch.tensor([stop.count], device=dist.device)).item() > 0 and epoch + 1 < cfg.epochs:
             stopped = "interrupted"
@@ -359,6 +351,19 @@ def _validate(run: _Run, epoch: int, steps: _EpochSteps) -> tuple[dict[str, floa
         ema_val = _evaluate_shards(run.ema.module, *shards)
         row.update(val_loss_ema=ema_val.loss, val_acc_ema=ema_val.top1)
     return row, val
+
+
+def _save_best(
+    run: _Run, epoch: int, row: dict[str, float], val: EvalResult, earlier: list[dict[str, float]], improved: bool
+) -> None:
+    """best.pt when the validation accuracy improved, best_ema.pt when the EMA's did (rank 0 calls this)."""
+    if improved:
+        best = run.checkpoint(run.model, epoch=epoch + 1, val_acc=val.top1, val_top5=val.top5, val_loss=val.loss)
+        save_checkpoint(run.run_dir / "best.pt", best)
+    best_ema_before = max((r.get("val_acc_ema", -1.0) for r in earlier), default=-1.0)
+    if run.ema is not None and row["val_acc_ema"] > best_ema_before:
+        best_ema = run.checkpoint(run.ema, ema=True, epoch=epoch + 1, val_acc=row["val_acc_ema"])
+        save_checkpoint(run.run_dir / "best_ema.pt", best_ema)
 
 
 def _save_last(run: _Run, point: ResumePoint) -> None:
