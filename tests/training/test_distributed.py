@@ -87,7 +87,9 @@ def test_ranks_agree_and_resume_is_exact_under_ddp(tmp_path: Path) -> None:
     options.update(mixup_alpha=0.4, cutmix_alpha=1.0, ema_epochs=2, schedule="cosine", cache_images=True)
     straight, cut = tmp_path / "straight", tmp_path / "cut"
     resume = {"out": str(cut), "resume": True, "device": "cpu", "threads": 1, "workers": 0, "scramble_rng": True}
-    torchrun([{**options, "out": str(straight)}, {**options, "out": str(cut), "cut_after_step": 1}, resume], tmp_path)
+    other = tmp_path / "resumed_by_one_process"
+    cuts = [{**options, "out": str(run), "cut_after_step": 1} for run in (cut, other)]
+    torchrun([{**options, "out": str(straight)}, cuts[0], resume, cuts[1]], tmp_path)
 
     rank0, rank1 = (torch.load(straight / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert not torch.equal(rank0["fc.weight"], shufflenet_initial_fc(options))  # it trained
@@ -101,6 +103,16 @@ def test_ranks_agree_and_resume_is_exact_under_ddp(tmp_path: Path) -> None:
         resumed = torch.load(cut / f"rank{rank}.pt", weights_only=True)
         for key in rank0:
             assert torch.equal(resumed[key], rank0[key]), (rank, key)
+
+    # The case docs/training.md names as not exact: another world size restarts the interrupted epoch.
+    import shufflenet
+
+    alone = shufflenet.train(out=str(other), resume=True, device="cpu", threads=1, workers=0)
+    assert [row["epoch"] for row in alone.history] == [1, 2]
+    assert "the interrupted epoch ran with another world size; it restarts" in (other / "train.log").read_text()
+    assert not torch.equal(
+        torch.load(other / "last.pt", weights_only=True)["state_dict"]["fc.weight"], rank0["fc.weight"]
+    )
 
 
 def shufflenet_initial_fc(options: dict) -> torch.Tensor:
