@@ -228,3 +228,14 @@ def test_nan_loss_exits_1_with_the_step(
     line = error_line(capsys)
     assert "loss is nan at epoch 1, step 1" in line and "--lr" in line
     assert not (run / "last.pt").exists()
+
+
+@pytest.mark.slow
+def test_full_demo_reaches_the_accuracy_the_readme_states(tmp_path: Path) -> None:
+    """README.md: the demo (12 epochs, no options) ends with 0.955 validation accuracy on the digits. eval.json
+    is best.pt read back from its file and evaluated on the 359 validation scans."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--quiet"]) == 0
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert evaluation["num_images"] == 359
+    assert round(evaluation["top1"], 3) >= 0.955, evaluation["top1"]

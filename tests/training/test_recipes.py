@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,6 @@ from shufflenet.evaluation import evaluate, load_eval_dataset
 from shufflenet.training import TrainConfig
 from shufflenet.training.augment import batch_mixer, hard_labels
 from shufflenet.training.ema import build_ema, ema_decay
-from shufflenet.training.optim import lr_factor
 from shufflenet.training.recipes import RECIPE_KEYS, RECIPES, fit_recipe_to_data, recipe_values, resolve_recipe
 from shufflenet.transforms import Preprocessing
 
@@ -155,7 +155,9 @@ def test_tiny_images_suggest_the_small_input_stem_but_every_recipe_builds_the_pa
     for name in RECIPES:
         cfg, notes = resolve_recipe(TrainConfig(out="run", recipe=name, img_size=32), {"recipe", "img_size"})
         assert cfg.small_input is False
-        assert any("--small-input" in note for note in notes)
+        (note,) = [note for note in notes if "--small-input" in note]
+        # The suggestion quotes no accuracy: a number measured on another dataset is no promise for this one.
+        assert not re.search(r"\d\.\d", note), note
     _, notes = resolve_recipe(TrainConfig(out="run", img_size=65), {"img_size"})
     assert not any("--small-input" in note for note in notes)
     cfg, notes = resolve_recipe(TrainConfig(out="run", img_size=32, small_input=True), {"img_size", "small_input"})
@@ -217,11 +219,6 @@ def test_mixup_cutmix_give_soft_targets_that_sum_to_one(mixup: float, cutmix: fl
     assert (targets.gather(1, hard_labels(targets)[:, None]) >= 0.5).all()
     assert torch.equal(hard_labels(labels), labels)
     assert batch_mixer(0.0, 0.0, 5) is None
-
-
-def test_linear_schedule_decays_to_zero() -> None:
-    factors = [lr_factor(step, "linear", warmup_steps=0, total_steps=10) for step in range(11)]
-    assert factors[0] == 1.0 and factors[5] == pytest.approx(0.5) and factors[10] == 0.0
 
 
 def test_old_checkpoints_keep_the_imagenet_crop() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as torch_dist
@@ -49,6 +50,14 @@ class Distributed:
         work = tensor.detach().to(self.device if self.backend == "nccl" else "cpu").clone()
         torch_dist.all_reduce(work)
         return work.cpu()
+
+    def gather_objects(self, value: Any) -> list[Any]:
+        """Every process's ``value`` (picklable), in rank order, on every process."""
+        if self.world_size == 1:
+            return [value]
+        gathered: list[Any] = [None] * self.world_size
+        torch_dist.all_gather_object(gathered, value)
+        return gathered
 
     def broadcast_buffers(self, model: nn.Module) -> None:
         """Copy rank 0's buffers (BatchNorm running statistics) to every process."""

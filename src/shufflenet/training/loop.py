@@ -7,10 +7,12 @@ epochs of (train steps, validation, checkpoints) -> plots. Only rank 0 writes fi
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -35,6 +37,7 @@ from shufflenet.training.signals import StopRequest
 from shufflenet.training.state import (
     ResumePoint,
     last_checkpoint,
+    rank_states,
     read_last_checkpoint,
     restore,
     resumed_config,
@@ -116,6 +119,55 @@ def _train(cfg: TrainConfig, explicit: set[str], dist: Distributed, stop: StopRe
         torch.set_num_threads(threads)
 
 
+@dataclass
+class _Run:
+    """What the epochs work with, built once: options, where things run, the data and the objects that learn."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    dist: Distributed
+    amp_dtype: torch.dtype | None
+    memory_format: torch.memory_format
+    data: TrainData
+    model: nn.Module  # the network itself (what checkpoints hold); ``ddp_model`` wraps it under torchrun
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+    mixer: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None
+    ema: nn.Module | None
+    steps_per_epoch: int
+    ddp_model: nn.Module | None = None
+
+    @property
+    def objects(self) -> dict[str, Any]:
+        """What last.pt saves and --resume loads (besides the EMA)."""
+        return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler}
+
+    def checkpoint(self, model: nn.Module, **extra: Any) -> dict[str, Any]:
+        """A self-describing checkpoint of ``model`` (the network or its EMA) with this run's description."""
+        described = {
+            "arch": self.cfg.model,
+            "class_names": self.data.class_names,
+            "preprocessing": self.data.preprocessing,
+        }
+        return make_checkpoint(
+            model, **described, model_kwargs=model_kwargs(self.cfg), config=self.cfg.to_dict(), **extra
+        )
+
+
+@dataclass
+class _EpochSteps:
+    """How an epoch's training steps ended: at ``step``, with (loss, correct, n) ``sums`` and the last lr."""
+
+    step: int
+    sums: torch.Tensor
+    lr: float
+    seconds: float
+    stopped: str | None = None  # "interrupted" or "diverged"
+    message: str = ""
+
+
 def _train_in_run_dir(
     cfg: TrainConfig,
     run_dir: Path,
@@ -125,137 +177,62 @@ def _train_in_run_dir(
     stop: StopRequest,
     fit: FitToData | None = None,
 ) -> TrainResult:
-    device = dist.device
-    amp_dtype = resolve_amp(cfg.amp, device)
-    channels_last = cfg.channels_last if cfg.channels_last is not None else device.type in ("cpu", "cuda")
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    amp_dtype = resolve_amp(cfg.amp, dist.device)
+    channels_last = cfg.channels_last if cfg.channels_last is not None else dist.device.type in ("cpu", "cuda")
     _log_setup(dist, amp_dtype, channels_last)
     seed_everything(cfg.seed + dist.rank)
 
     # ---- data
     data = build_data(cfg, dist, run_dir, split_existed, fit)
     cfg = data.config
-    class_names, normalize, steps_per_epoch = data.class_names, data.normalize, len(data.train_loader)
 
     # ---- model, optimizer, schedule
-    model = _build_model(cfg, len(class_names), pretrained=resume_from is None, dist=dist)
-    model.to(device, memory_format=memory_format)
-    optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
-    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
-    scheduler = build_scheduler(optimizer, cfg.schedule, warmup_steps, cfg.epochs * steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)  # also takes mixed (soft) targets
-    mixer = batch_mixer(cfg.mixup_alpha, cfg.cutmix_alpha, len(class_names))
-    ema = build_ema(model, cfg.ema_epochs, steps_per_epoch)
-    objects = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+    run = _build_run(cfg, run_dir, data, dist, amp_dtype, channels_last, pretrained=resume_from is None)
 
     # ---- resume: weights, optimizer, schedule, RNG, history and a partly done epoch, from last.pt
     at = ResumePoint()
     if resume_from is not None:
-        at = restore(resume_from, run_dir, cfg, class_names, objects, dist)
-        restore_ema(ema, resume_from, model)
+        at = restore(resume_from, run_dir, cfg, data.class_names, run.objects, dist, run.steps_per_epoch)
+        restore_ema(run.ema, resume_from, run.model)
     history, best_val_acc, best_epoch = at.history, at.best_val_acc, at.best_epoch
-    raw_model = model
     if dist.world_size > 1:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        device_ids = [dist.device.index] if dist.device.type == "cuda" else None
+        run.ddp_model = nn.parallel.DistributedDataParallel(run.model, device_ids=device_ids)
     if dist.is_main:
         run_folder.write_run_info(
-            run_dir, cfg, class_names, dist, device, amp_dtype, channels_last, data.workers, data.bundle
+            run_dir, cfg, data.class_names, dist, dist.device, amp_dtype, channels_last, data.workers, data.bundle
         )
     tensorboard = run_folder.tensorboard_writer(run_dir) if dist.is_main else None
-    described = {"arch": cfg.model, "class_names": class_names, "preprocessing": data.preprocessing}
-    checkpoint = partial(make_checkpoint, **described, model_kwargs=model_kwargs(cfg), config=cfg.to_dict())
 
-    def save_last(epoch: int, step: int, sums: torch.Tensor, seconds: float) -> None:
-        point = ResumePoint(epoch, step, history, best_val_acc, best_epoch, sums, seconds)
-        last = last_checkpoint(checkpoint(raw_model), objects, point, dist.world_size)
-        save_checkpoint(run_dir / "last.pt", {**last, **ema_state(ema)})
-
-    # ---- the loop
+    # ---- epochs of (train steps, validation, checkpoints)
     stopped, message = None, ""
     stop.arm()
-    autocast = partial(torch.autocast, device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
-    check_every = cfg.check_every or (1 if device.type == "cpu" else 16)
     for epoch in range(at.epoch, cfg.epochs):
-        first_step = at.step if epoch == at.epoch else 0
-        data.sampler.set_epoch(epoch, skip=first_step * cfg.batch_size)
-        set_train_mode(raw_model, cfg.freeze_backbone)
-        sums = at.sums.clone() if first_step else torch.zeros(3, dtype=torch.float64)  # loss, correct, n
-        seconds_before = at.seconds if first_step else 0.0
-        started = time.perf_counter()
-        step, lr = first_step, optimizer.param_groups[0]["lr"]
-        bar = progress_bar(
-            steps_per_epoch, first_step, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and dist.is_main
-        )
-        pending, counts = [], []  # (loss, correct) on the device and batch sizes, per step since the last check
-        for images, targets in data.train_loader:
-            images = normalize(images.to(device, non_blocking=True, memory_format=memory_format))
-            targets = targets.to(device, non_blocking=True)
-            if mixer is not None:  # soft targets (N, classes)
-                images, targets = mixer(images, targets)
-                images = images.contiguous(memory_format=memory_format)
-            with autocast():
-                logits = model(images)
-            loss = criterion(logits.float(), targets)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            if ema is not None:
-                ema.update_parameters(raw_model)
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            step += 1
-            correct = (logits.detach().argmax(1) == hard_labels(targets)).sum()
-            pending.append(torch.stack([loss.detach().float(), correct.float()]))
-            counts.append(len(targets))
-            if step % check_every and step < steps_per_epoch:
-                continue
-            # Every check_every steps (one host sync) the ranks agree whether any saw a NaN or got a stop
-            # signal, so all stop together, after the step in flight; the epoch's last step is always checked.
-            bad_step, stop_votes = _check(pending, counts, sums, step, stop, dist)
-            _update_bar(bar, sums, seconds_before + time.perf_counter() - started, dist.world_size, len(counts))
-            pending, counts = [], []
-            if bad_step is not None:
-                stopped, message = "diverged", _diverged_message(bad_step, epoch, run_dir)
-                break
-            if stop_votes > 0 and step < steps_per_epoch:
-                stopped = "interrupted"
-                break
-        if bar is not None:
-            bar.close()
-        train_seconds = seconds_before + time.perf_counter() - started
-        if stopped == "diverged":
+        resumed_mid_epoch = epoch == at.epoch and at.step > 0
+        steps = _train_steps(run, epoch, at if resumed_mid_epoch else ResumePoint(epoch), stop)
+        if steps.stopped == "diverged":
+            stopped, message = steps.stopped, steps.message
             break
-        if stopped == "interrupted":
-            if dist.is_main:
-                save_last(epoch, step, sums, train_seconds)
-            message = _interrupted_message(epoch, step, steps_per_epoch, run_dir)
+        if steps.stopped == "interrupted":
+            _save_last(
+                run, ResumePoint(epoch, steps.step, history, best_val_acc, best_epoch, steps.sums, steps.seconds)
+            )
+            stopped, message = steps.stopped, steps.message
             break
 
-        # ---- validation (each rank a shard, summed), metrics, checkpoints
-        train_loss, train_correct, train_count = dist.sum(sums).tolist()
-        dist.broadcast_buffers(raw_model)  # validate (and save) rank 0's BatchNorm statistics on every rank
-        shards = (data, device, amp_dtype, memory_format, dist)
-        val = _evaluate_shards(raw_model, *shards)
-        seconds = (seconds_before + time.perf_counter() - started, train_seconds)
-        row = _epoch_row(epoch + 1, (train_loss, train_correct, train_count), val, lr, seconds)
-        improved_ema = ema is not None and _evaluate_ema(ema, row, history, *shards)
-        history.append(row)
+        # validation (each rank a shard, summed), metrics, checkpoints
+        row, val = _validate(run, epoch, steps)
         improved = row["val_acc"] > best_val_acc
+        if dist.is_main:
+            _save_best(run, epoch, row, val, history, improved)
+        history.append(row)
         if improved:
             best_val_acc, best_epoch = row["val_acc"], epoch + 1
+        _save_last(run, ResumePoint(epoch + 1, 0, history, best_val_acc, best_epoch))
         if dist.is_main:
             run_folder.record_epoch(run_dir, history, tensorboard)
-            save_last(epoch + 1, 0, torch.zeros(3, dtype=torch.float64), 0.0)
-            if improved:
-                best = checkpoint(raw_model, epoch=epoch + 1, val_acc=val.top1, val_top5=val.top5, val_loss=val.loss)
-                save_checkpoint(run_dir / "best.pt", best)
-            if improved_ema:
-                best_ema = checkpoint(ema, ema=True, epoch=epoch + 1, val_acc=row["val_acc_ema"])
-                save_checkpoint(run_dir / "best_ema.pt", best_ema)
         run_folder.log_epoch(row, cfg.epochs, improved)
-        if dist.sum(torch.tensor([stop.count], device=device)).item() > 0 and epoch + 1 < cfg.epochs:
+        if dist.sum(torch.tensor([stop.count], device=dist.device)).item() > 0 and epoch + 1 < cfg.epochs:
             stopped = "interrupted"
             message = f"stopped by a signal after epoch {epoch + 1}; continue with --resume"
             break
@@ -264,28 +241,137 @@ def _train_in_run_dir(
     if tensorboard is not None:
         tensorboard.close()
     if dist.is_main and history:
-        _write_plots(cfg, run_dir, history, raw_model, data, stopped, device, amp_dtype, channels_last)
+        _write_plots(cfg, run_dir, history, run.model, data, stopped, dist.device, amp_dtype, channels_last)
     if stopped:
         (log.error if stopped == "diverged" else log.warning)(message)
     best = best_val_acc if best_epoch is not None else None
     return TrainResult(run_dir, history, best_epoch, best, stopped, message, dist.world_size, list(data.bundle.skipped))
 
 
-def _evaluate_ema(
-    ema: nn.Module,
-    row: dict[str, float],
-    history: list[dict[str, float]],
+def _build_run(
+    cfg: TrainConfig,
+    run_dir: Path,
     data: TrainData,
-    device: torch.device,
-    amp_dtype: torch.dtype | None,
-    memory_format: torch.memory_format,
     dist: Distributed,
-) -> bool:
-    """Validate the EMA weights into ``row`` (val_loss_ema, val_acc_ema); whether they beat every earlier epoch."""
-    ema_val = _evaluate_shards(ema.module, data, device, amp_dtype, memory_format, dist)
-    best_ema = max((r.get("val_acc_ema", -1.0) for r in history), default=-1.0)
-    row.update(val_loss_ema=ema_val.loss, val_acc_ema=ema_val.top1)
-    return ema_val.top1 > best_ema
+    amp_dtype: torch.dtype | None,
+    channels_last: bool,
+    pretrained: bool,
+) -> _Run:
+    """The model on its device, optimizer, per-step schedule, grad scaler, loss, batch mixer and EMA."""
+    steps_per_epoch, num_classes = len(data.train_loader), len(data.class_names)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = _build_model(cfg, num_classes, pretrained=pretrained, dist=dist)
+    model.to(dist.device, memory_format=memory_format)
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+    scheduler = build_scheduler(optimizer, cfg.schedule, warmup_steps, cfg.epochs * steps_per_epoch)
+    return _Run(
+        cfg=cfg,
+        run_dir=run_dir,
+        dist=dist,
+        amp_dtype=amp_dtype,
+        memory_format=memory_format,
+        data=data,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=torch.amp.GradScaler(dist.device.type, enabled=amp_dtype is torch.float16),
+        criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),  # also takes mixed (soft) targets
+        mixer=batch_mixer(cfg.mixup_alpha, cfg.cutmix_alpha, num_classes),
+        ema=build_ema(model, cfg.ema_epochs, steps_per_epoch),
+        steps_per_epoch=steps_per_epoch,
+    )
+
+
+def _train_steps(run: _Run, epoch: int, at: ResumePoint, stop: StopRequest) -> _EpochSteps:
+    """One epoch's training steps from ``at.step`` (with ``at.sums`` so far), until its end, a stop or a NaN."""
+    cfg, dist, data, device = run.cfg, run.dist, run.data, run.dist.device
+    steps_per_epoch = run.steps_per_epoch
+    data.sampler.set_epoch(epoch, skip=at.step * cfg.batch_size)
+    set_train_mode(run.model, cfg.freeze_backbone)
+    model = run.ddp_model or run.model
+    autocast = partial(torch.autocast, device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None)
+    check_every = cfg.check_every or (1 if device.type == "cpu" else 16)
+    done = _EpochSteps(at.step, at.sums.clone(), run.optimizer.param_groups[0]["lr"], at.seconds)
+    started = time.perf_counter()
+    bar = progress_bar(steps_per_epoch, at.step, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and dist.is_main)
+    pending, counts = [], []  # (loss, correct) on the device and batch sizes, per step since the last check
+    for images, targets in data.train_loader:
+        images = data.normalize(images.to(device, non_blocking=True, memory_format=run.memory_format))
+        targets = targets.to(device, non_blocking=True)
+        if run.mixer is not None:  # soft targets (N, classes)
+            images, targets = run.mixer(images, targets)
+            images = images.contiguous(memory_format=run.memory_format)
+        with autocast():
+            logits = model(images)
+        loss = run.criterion(logits.float(), targets)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        if run.ema is not None:
+            run.ema.update_parameters(run.model)
+        done.lr = run.optimizer.param_groups[0]["lr"]
+        run.scheduler.step()
+        done.step += 1
+        correct = (logits.detach().argmax(1) == hard_labels(targets)).sum()
+        pending.append(torch.stack([loss.detach().float(), correct.float()]))
+        counts.append(len(targets))
+        if done.step % check_every and done.step < steps_per_epoch:
+            continue
+        # Every check_every steps (one host sync) the ranks agree whether any saw a NaN or got a stop
+        # signal, so all stop together, after the step in flight; the epoch's last step is always checked.
+        bad_step, stop_votes = _check(pending, counts, done.sums, done.step, stop, dist)
+        _update_bar(bar, done.sums, at.seconds + time.perf_counter() - started, dist.world_size, len(counts))
+        pending, counts = [], []
+        if bad_step is not None:
+            done.stopped, done.message = "diverged", _diverged_message(bad_step, epoch, run.run_dir)
+            break
+        if stop_votes > 0 and done.step < steps_per_epoch:
+            done.stopped = "interrupted"
+            done.message = _interrupted_message(epoch, done.step, steps_per_epoch, run.run_dir)
+            break
+    if bar is not None:
+        bar.close()
+    done.seconds = at.seconds + time.perf_counter() - started
+    return done
+
+
+def _validate(run: _Run, epoch: int, steps: _EpochSteps) -> tuple[dict[str, float], EvalResult]:
+    """The epoch's metrics.csv row (training sums and validation of every rank's shard, summed) and validation."""
+    started = time.perf_counter()
+    train_sums = tuple(run.dist.sum(steps.sums).tolist())
+    run.dist.broadcast_buffers(run.model)  # validate (and save) rank 0's BatchNorm statistics on every rank
+    shards = (run.data, run.dist.device, run.amp_dtype, run.memory_format, run.dist)
+    val = _evaluate_shards(run.model, *shards)
+    seconds = (steps.seconds + time.perf_counter() - started, steps.seconds)
+    row = _epoch_row(epoch + 1, train_sums, val, steps.lr, seconds)
+    if run.ema is not None:
+        run.dist.broadcast_buffers(run.ema)  # rank 0's EMA, the one best_ema.pt saves, on every shard
+        ema_val = _evaluate_shards(run.ema.module, *shards)
+        row.update(val_loss_ema=ema_val.loss, val_acc_ema=ema_val.top1)
+    return row, val
+
+
+def _save_best(
+    run: _Run, epoch: int, row: dict[str, float], val: EvalResult, earlier: list[dict[str, float]], improved: bool
+) -> None:
+    """best.pt when the validation accuracy improved, best_ema.pt when the EMA's did (rank 0 calls this)."""
+    if improved:
+        best = run.checkpoint(run.model, epoch=epoch + 1, val_acc=val.top1, val_top5=val.top5, val_loss=val.loss)
+        save_checkpoint(run.run_dir / "best.pt", best)
+    best_ema_before = max((r.get("val_acc_ema", -1.0) for r in earlier), default=-1.0)
+    if run.ema is not None and row["val_acc_ema"] > best_ema_before:
+        best_ema = run.checkpoint(run.ema, ema=True, epoch=epoch + 1, val_acc=row["val_acc_ema"])
+        save_checkpoint(run.run_dir / "best_ema.pt", best_ema)
+
+
+def _save_last(run: _Run, point: ResumePoint) -> None:
+    """last.pt: the run's state at ``point``, every rank's RNG (all ranks call this; rank 0 writes)."""
+    ranks = rank_states(point, run.dist)
+    if run.dist.is_main:
+        last = last_checkpoint(run.checkpoint(run.model), run.objects, point, ranks)
+        save_checkpoint(run.run_dir / "last.pt", {**last, **ema_state(run.ema)})
 
 
 def _interrupted_message(epoch: int, step: int, steps_per_epoch: int, run_dir: Path) -> str:
@@ -317,7 +403,8 @@ def _write_plots(
         "channels_last": channels_last,
         "batch_transform": data.normalize,
     }
-    run_folder.write_plots(run_dir, history, model, full_val, data.class_names, **eval_options)
+    # best.pt is evaluated in a copy: the trained model stays as the last step left it (on every rank).
+    run_folder.write_plots(run_dir, history, copy.deepcopy(model), full_val, data.class_names, **eval_options)
 
 
 def _epoch_row(

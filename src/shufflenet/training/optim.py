@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import math
-from functools import partial
+import warnings
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,21 +33,49 @@ def build_optimizer(
     return torch.optim.Adam(groups, lr=lr)
 
 
-def lr_factor(step: int, schedule: str = "constant", warmup_steps: int = 0, total_steps: int = 1) -> float:
-    """Learning-rate multiplier at ``step``: linear warm-up, then constant, cosine or linear decay to zero."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    if schedule == "linear":  # megvii's ShuffleNet schedule
-        return 1.0 - progress
-    return 1.0
-
-
 def build_scheduler(
     optimizer: torch.optim.Optimizer, schedule: str, warmup_steps: int, total_steps: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step scheduler following :func:`lr_factor`."""
-    factor = partial(lr_factor, schedule=schedule, warmup_steps=warmup_steps, total_steps=total_steps)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step learning rate: a linear warm-up to the optimizer's lr over ``warmup_steps`` (step k gets
+    (k+1)/warmup_steps of it), then constant, or cosine or linear decay to zero at ``total_steps``."""
+    lr_scheduler = torch.optim.lr_scheduler
+    phases, milestones = [], []
+    if warmup_steps > 0:
+        phases.append(lr_scheduler.LinearLR(optimizer, 1 / warmup_steps, 1.0, total_iters=max(1, warmup_steps - 1)))
+        milestones.append(warmup_steps)
+    decay_steps = max(1, total_steps - max(warmup_steps, 0))
+    if schedule == "cosine":
+        phases.append(lr_scheduler.CosineAnnealingLR(optimizer, T_max=decay_steps))
+    elif schedule == "linear":  # megvii's ShuffleNet schedule
+        phases.append(lr_scheduler.LinearLR(optimizer, 1.0, 0.0, total_iters=decay_steps))
+    else:
+        phases.append(lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0))
+    if len(phases) == 1:
+        return phases[0]
+    return lr_scheduler.SequentialLR(optimizer, phases, milestones)
+
+
+# State that moves as the scheduler steps; the rest describes the schedule itself.
+_POSITION_KEYS = {"last_epoch", "_step_count", "_last_lr", "_get_lr_called_within_step", "_is_initial", "base_lrs"}
+
+
+def same_schedule(saved: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Whether a saved scheduler state describes the schedule ``current`` (both state_dicts) does."""
+
+    def described(state: Any) -> Any:
+        if isinstance(state, dict):
+            return {k: described(v) for k, v in state.items() if k not in _POSITION_KEYS}
+        if isinstance(state, list):
+            return [described(v) for v in state]
+        return state
+
+    return described(saved) == described(current)
+
+
+def advance(scheduler: torch.optim.lr_scheduler.LRScheduler, steps: int) -> None:
+    """Step a new scheduler ``steps`` times: a resumed run whose last.pt holds another schedule (more epochs,
+    another world size, or an older last.pt's LambdaLR) continues on its own schedule at its own step."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step\\(\\)` before")
+        for _ in range(steps):
+            scheduler.step()

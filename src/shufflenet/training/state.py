@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from shufflenet.checkpoints import CheckpointError, load_checkpoint
 from shufflenet.training.config import RUNTIME_OPTIONS, TrainConfig
 from shufflenet.training.distributed import Distributed
+from shufflenet.training.optim import advance, same_schedule
 
 log = logging.getLogger("shufflenet.training")
 
@@ -73,13 +74,12 @@ def restore(
     class_names: list[str],
     objects: dict[str, Any],
     dist: Distributed,
+    steps_per_epoch: int,
 ) -> ResumePoint:
     """Load ``objects`` (model, optimizer, scheduler, scaler) and the RNG from last.pt; where to continue."""
     _check_same_classes(checkpoint, class_names, run_dir / "last.pt", cfg.data)
     model: nn.Module = objects["model"]
     model.load_state_dict(checkpoint["state_dict"])
-    objects["optimizer"].load_state_dict(checkpoint["optimizer"])
-    objects["scheduler"].load_state_dict(checkpoint["scheduler"])
     scaler = objects["scaler"]
     if checkpoint.get("scaler") and scaler.is_enabled():
         scaler.load_state_dict(checkpoint["scaler"])
@@ -93,10 +93,18 @@ def restore(
     if point.step and checkpoint.get("world_size", 1) != dist.world_size:
         log.warning("the interrupted epoch ran with another world size; it restarts from its beginning")
         point.step = 0
+    elif point.step and dist.world_size > 1 and "ranks" not in checkpoint:
+        log.warning("last.pt (an older one) lacks the other processes' partial sums: the epoch restarts")
+        point.step = 0
+    _restore_optimizer(checkpoint, objects, point.epoch * steps_per_epoch + point.step)
+    own = _rank_state(checkpoint, dist)
     if point.step:
-        point.sums = torch.tensor(checkpoint["partial"]["sums"], dtype=torch.float64)
+        point.sums = torch.tensor(own["sums"], dtype=torch.float64)
         point.seconds = float(checkpoint["partial"]["seconds"])
-    set_rng_state(checkpoint["rng"], offset=dist.rank)
+    if own is not None:
+        set_rng_state(own["rng"])
+    else:  # a last.pt of another world size, or from before last.pt kept every rank's state
+        set_rng_state(checkpoint["rng"], offset=dist.rank)
     log.info("resumed %s at epoch %d, step %d; training to epoch %d", run_dir, point.epoch, point.step, cfg.epochs)
     if point.epoch >= cfg.epochs:
         raise ValueError(
@@ -106,10 +114,44 @@ def restore(
     return point
 
 
+def _restore_optimizer(checkpoint: dict[str, Any], objects: dict[str, Any], position: int) -> None:
+    """The optimizer's state, and the schedule's: as saved when it is this run's schedule at this step, else
+    this run's schedule (built for its epochs and steps per epoch) advanced to ``position`` optimizer steps."""
+    optimizer, scheduler, saved = objects["optimizer"], objects["scheduler"], checkpoint["scheduler"]
+    same = same_schedule(saved, scheduler.state_dict()) and saved.get("last_epoch") == position
+    if not same:  # advanced before the optimizer's saved lr replaces the fresh one its steps start from
+        log.info("last.pt's learning-rate schedule differs from this run's: continuing this run's at step %d", position)
+        advance(scheduler, position)
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    if same:
+        scheduler.load_state_dict(saved)
+    else:
+        for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr(), strict=True):
+            group["lr"] = lr
+
+
+def _rank_state(checkpoint: dict[str, Any], dist: Distributed) -> dict[str, Any] | None:
+    """This rank's RNG state and partial sums in last.pt; None when last.pt ran with another world size."""
+    ranks = checkpoint.get("ranks")
+    if checkpoint.get("world_size", 1) != dist.world_size:
+        return None
+    if ranks is None:  # older last.pt: rank 0's state only
+        return {"rng": checkpoint["rng"], "sums": checkpoint["partial"]["sums"]} if dist.is_main else None
+    return ranks[dist.rank]
+
+
+def rank_states(point: ResumePoint, dist: Distributed) -> list[dict[str, Any]]:
+    """Every rank's RNG state and partial sums (a collective: every rank calls it), for last.pt."""
+    # Ranks draw different MixUp/CutMix mixes from their own global RNG and sum their own images' losses:
+    # an exact resume needs each rank's, not rank 0's.
+    return dist.gather_objects({"rng": rng_state(), "sums": point.sums.tolist()})
+
+
 def last_checkpoint(
-    base: dict[str, Any], objects: dict[str, Any], point: ResumePoint, world_size: int
+    base: dict[str, Any], objects: dict[str, Any], point: ResumePoint, ranks: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """``base`` (model, classes, options) plus everything :func:`restore` reads back."""
+    """``base`` (model, classes, options) plus everything :func:`restore` reads back; ``ranks`` from
+    :func:`rank_states`."""
     return {
         **base,
         "epoch": point.epoch,
@@ -118,11 +160,12 @@ def last_checkpoint(
         "optimizer": objects["optimizer"].state_dict(),
         "scheduler": objects["scheduler"].state_dict(),
         "scaler": objects["scaler"].state_dict(),
-        "rng": rng_state(),
+        "rng": ranks[0]["rng"],
+        "ranks": ranks,
         "history": point.history,
         "best_val_acc": point.best_val_acc,
         "best_epoch": point.best_epoch,
-        "world_size": world_size,
+        "world_size": len(ranks),
     }
 
 
@@ -161,7 +204,8 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any], offset: int = 0) -> None:
-    """Put back what :func:`rng_state` saved; other ranks (``offset`` > 0) get a distinct reproducible stream."""
+    """Put back what :func:`rng_state` saved; ``offset`` > 0 instead seeds a distinct reproducible stream from it
+    (a rank whose own state last.pt does not hold)."""
     if offset:
         seed_everything(int(state["torch"][:8].sum().item()) + offset)
         return
