@@ -27,6 +27,7 @@ from shufflenet.training import run_folder
 from shufflenet.training.augment import batch_mixer, hard_labels
 from shufflenet.training.config import TrainConfig
 from shufflenet.training.distributed import Distributed
+from shufflenet.training.elastic import resolve_auto_resume
 from shufflenet.training.ema import build_ema, ema_state, restore_ema
 from shufflenet.training.loaders import FitToData, TrainData, build_data
 from shufflenet.training.optim import build_optimizer, build_scheduler
@@ -88,6 +89,7 @@ def train(config: TrainConfig | None = None, /, **options: Any) -> TrainResult:
 def _train(cfg: TrainConfig, explicit: set[str], dist: Distributed, stop: StopRequest) -> TrainResult:
     # The run folder is checked by every rank before rank 0 writes into it.
     run_dir = Path(cfg.out)
+    cfg, auto_notes = resolve_auto_resume(cfg, run_dir, explicit)  # --resume auto, torchrun restarts
     resume_from, ignored, notes, fit = None, [], [], None
     if cfg.resume:
         resume_from = read_last_checkpoint(run_dir)
@@ -96,6 +98,7 @@ def _train(cfg: TrainConfig, explicit: set[str], dist: Distributed, stop: StopRe
         cfg, notes = resolve_recipe(cfg, explicit)
         fit = partial(fit_recipe_to_data, explicit=explicit)  # batch size and epochs for the training-set size
         run_folder.check_new_run_dir(run_dir, cfg.overwrite)
+    notes = [*auto_notes, *notes]
     if cfg.data is None:
         raise ValueError("no data directory given: pass --data DIR")
     split_existed = (run_dir / run_folder.SPLIT_FILE).is_file()
@@ -188,6 +191,7 @@ def _train_in_run_dir(
             steps_per_epoch, first_step, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and dist.is_main
         )
         pending, counts = [], []  # (loss, correct) on the device and batch sizes, per step since the last check
+        saved_at = first_step  # the step of the last mid-epoch last.pt (--checkpoint-every)
         for images, targets in data.train_loader:
             images = normalize(images.to(device, non_blocking=True, memory_format=memory_format))
             targets = targets.to(device, non_blocking=True)
@@ -222,6 +226,10 @@ def _train_in_run_dir(
             if stop_votes > 0 and step < steps_per_epoch:
                 stopped = "interrupted"
                 break
+            if cfg.checkpoint_every and step - saved_at >= cfg.checkpoint_every and step < steps_per_epoch:
+                saved_at = step  # bounds the steps a killed process loses; the sums are complete after a check
+                if dist.is_main:
+                    save_last(epoch, step, sums, seconds_before + time.perf_counter() - started)
         if bar is not None:
             bar.close()
         train_seconds = seconds_before + time.perf_counter() - started
@@ -240,6 +248,7 @@ def _train_in_run_dir(
         val = _evaluate_shards(raw_model, *shards)
         seconds = (seconds_before + time.perf_counter() - started, train_seconds)
         row = _epoch_row(epoch + 1, (train_loss, train_correct, train_count), val, lr, seconds)
+        row["bad_images"] = data.train_loader.check_bad_images()  # unreadable files met so far, each replaced
         improved_ema = ema is not None and _evaluate_ema(ema, row, history, *shards)
         history.append(row)
         improved = row["val_acc"] > best_val_acc
