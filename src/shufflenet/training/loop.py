@@ -228,16 +228,18 @@ def _train_in_run_dir(
                 break
             if cfg.checkpoint_every and step - saved_at >= cfg.checkpoint_every and step < steps_per_epoch:
                 saved_at = step  # bounds the steps a killed process loses; the sums are complete after a check
+                all_sums = dist.sum(sums)  # every rank's: a resume gives them to rank 0 (restore)
                 if dist.is_main:
-                    save_last(epoch, step, sums, seconds_before + time.perf_counter() - started)
+                    save_last(epoch, step, all_sums, seconds_before + time.perf_counter() - started)
         if bar is not None:
             bar.close()
         train_seconds = seconds_before + time.perf_counter() - started
         if stopped == "diverged":
             break
         if stopped == "interrupted":
+            all_sums = dist.sum(sums)  # the ranks stop together; a resume gives every rank's sums to rank 0
             if dist.is_main:
-                save_last(epoch, step, sums, train_seconds)
+                save_last(epoch, step, all_sums, train_seconds)
             message = _interrupted_message(epoch, step, steps_per_epoch, run_dir)
             break
 

@@ -94,7 +94,8 @@ def restore(
         log.warning("the interrupted epoch ran with another world size; it restarts from its beginning")
         point.step = 0
     if point.step:
-        point.sums = torch.tensor(checkpoint["partial"]["sums"], dtype=torch.float64)
+        # The partial sums are every rank's so far, counted once: on rank 0.
+        point.sums = torch.tensor(checkpoint["partial"]["sums"], dtype=torch.float64) * float(dist.is_main)
         point.seconds = float(checkpoint["partial"]["seconds"])
     set_rng_state(checkpoint["rng"], offset=dist.rank)
     log.info("resumed %s at epoch %d, step %d; training to epoch %d", run_dir, point.epoch, point.step, cfg.epochs)
