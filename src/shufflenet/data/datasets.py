@@ -24,8 +24,8 @@ from shufflenet.data.images import BadImageError, Sample, load_image, verify_ima
 from shufflenet.data.splits import (
     LAYOUT_SPLIT,
     LAYOUT_TRAIN_VAL,
-    _count_unlisted,
     read_split,
+    relative_image_names,
     stratified_split,
     write_split,
 )
@@ -54,7 +54,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         draft_size: int | None = None,
         bad_log: BadImageLog | None = None,
     ) -> None:
-        self.samples: list[Sample] = [(Path(p), int(label)) for p, label in samples]
+        self.samples: list[Sample] = [(p if isinstance(p, Path) else Path(p), int(label)) for p, label in samples]
         self.class_names: list[str] = list(class_names)
         self.targets: list[int] = [label for _, label in self.samples]
         self.transform = transform
@@ -198,8 +198,9 @@ def _train_val_subsets(data_dir: Path, verify: bool) -> _Subsets:
 
 def _saved_split_subsets(data_dir: Path, split_path: Path, verify: bool, notes: list[str]) -> _Subsets:
     """The file lists saved in ``split_path``; images added since are reported, not used."""
-    class_names, train_samples, val_samples = read_split(split_path, data_dir)
-    unlisted = _count_unlisted(data_dir, train_samples, val_samples)
+    found = relative_image_names(data_dir)  # one walk: files missing from and added to the saved lists
+    class_names, train_samples, val_samples = read_split(split_path, data_dir, found)
+    unlisted = len(found) - len(train_samples) - len(val_samples)
     if unlisted:
         notes.append(
             f"{CHANGED}: {unlisted} image(s) in {data_dir} are not in {split_path} and are not used "
