@@ -88,24 +88,15 @@ class Preprocessing:
         return image * self.pixel_scale if self.pixel_scale != 1.0 else image
 
     def eval_transform(self) -> T.Transform:
-        """PIL image -> model input: resize, centre crop, to float, normalise."""
+        """PIL image -> model input for inference: resize, centre crop, to float, normalise.
+
+        Training uses :func:`train_transform` and :func:`eval_transform` (uint8, normalised per batch).
+        """
         return T.Compose(
             [
                 T.ToImage(),
                 T.Resize(self.resize_size, interpolation=_interpolation(self.interpolation), antialias=True),
                 T.CenterCrop(self.crop_size),
-                T.ToDtype(torch.float32, scale=True),
-                self.normalize(),
-            ]
-        )
-
-    def train_transform(self) -> T.Transform:
-        """PIL image -> augmented model input: RandomResizedCrop + horizontal flip, then normalise."""
-        return T.Compose(
-            [
-                T.ToImage(),
-                T.RandomResizedCrop(self.crop_size, interpolation=_interpolation(self.interpolation), antialias=True),
-                T.RandomHorizontalFlip(),
                 T.ToDtype(torch.float32, scale=True),
                 self.normalize(),
             ]

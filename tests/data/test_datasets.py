@@ -63,7 +63,7 @@ def test_train_val_layout(tmp_path: Path) -> None:
         build_datasets(tmp_path, PRE)
 
 
-def test_bad_files_are_skipped_with_one_warning(tmp_path: Path, caplog) -> None:
+def test_verify_true_skips_bad_files_with_one_warning(tmp_path: Path, caplog) -> None:
     data = make_tree(tmp_path, {"a": 4, "b": 4})
     write_truncated_jpeg(data / "a" / "cut.jpg")
     (data / "b" / "zero.png").write_bytes(b"")
@@ -71,7 +71,7 @@ def test_bad_files_are_skipped_with_one_warning(tmp_path: Path, caplog) -> None:
     (data / "a" / "notes.txt").write_text("ignored, not skipped")
     (data / "b" / ".DS_Store").write_bytes(b"\x00")
     with caplog.at_level(logging.WARNING, logger="shufflenet"):
-        bundle = build_datasets(data, PRE)
+        bundle = build_datasets(data, PRE, verify=True)
     assert sorted(p.name for p, _ in bundle.skipped) == ["cut.jpg", "text.png", "zero.png"]
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1

@@ -30,11 +30,15 @@ def test_run_folder_holds_every_file(image_tree: Path, tmp_path: Path) -> None:
     assert config["options"]["model"] == "shufflenet_v2_x0_5" and config["options"]["optimizer"] == "adamw"
     assert config["options"]["recipe"] == "scratch"  # no --weights
     assert config["versions"]["torch"] == torch.__version__
-    assert config["resolved"]["train_images"] == 26  # 24 JPEGs + grayscale + RGBA, converted to RGB
-    # The two unreadable files are named in the run's log, with a count; the .txt is not an image at all.
+    # 24 JPEGs + grayscale + RGBA + the two unreadable files: listed, not decoded, before the first step
+    assert config["resolved"]["train_images"] == 28
+    # The two unreadable files are met when loaded: named in the log and bad_images.txt, counted in metrics.
     log_text = (run / "train.log").read_text()
-    assert "skipped 2 unreadable" in log_text and "empty.jpg" in log_text and "notes.png" in log_text
+    assert "2 unreadable image(s) so far" in log_text and "empty.jpg" in log_text and "notes.png" in log_text
     assert "readme.txt" not in log_text
+    listed = sorted(Path(line.split("\t")[0]).name for line in (run / "bad_images.txt").read_text().splitlines())
+    assert sorted(set(listed)) == ["empty.jpg", "notes.png"]
+    assert rows[0]["bad_images"] == "2"
 
 
 def test_tensorboard_events_hold_the_metrics_csv(image_tree: Path, tmp_path: Path) -> None:
@@ -97,7 +101,7 @@ def test_signal_mid_epoch_leaves_a_last_pt_that_resume_finishes(
     monkeypatch.setattr(loaders, "train_transform", real)
     resumed = shufflenet.train(out=str(run), resume=True, workers=0, device="cpu")
     assert resumed.stopped is None and [row["epoch"] for row in resumed.history] == [1, 2]
-    assert resumed.history[0]["train_acc"] * 26 == pytest.approx(round(resumed.history[0]["train_acc"] * 26))
+    assert resumed.history[0]["train_acc"] * 28 == pytest.approx(round(resumed.history[0]["train_acc"] * 28))
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(

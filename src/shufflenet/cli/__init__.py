@@ -14,7 +14,19 @@ import sys
 from shufflenet import __version__
 
 # Subcommand modules, in the order `shufflenet --help` lists them.
-SUBCOMMANDS = ["models", "guidelines", "convert", "train", "evaluate", "predict", "export", "quantize", "bench", "demo"]
+SUBCOMMANDS = [
+    "models",
+    "guidelines",
+    "convert",
+    "train",
+    "verify-data",
+    "evaluate",
+    "predict",
+    "export",
+    "quantize",
+    "bench",
+    "demo",
+]
 
 # What bad input raises: the project's errors are ValueErrors (CheckpointError, DeployError, BadImageError), a
 # path the user named fails with an OSError below, a missing optional package with an ImportError naming its
@@ -39,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"shufflenet {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
-        importlib.import_module(f"shufflenet.cli.{name}").add_parser(subparsers)
+        importlib.import_module(f"shufflenet.cli.{name.replace('-', '_')}").add_parser(subparsers)
     return parser
 
 

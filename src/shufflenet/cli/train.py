@@ -48,7 +48,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     _add_optimization_options(parser.add_argument_group("optimization"))
     _add_augmentation_options(parser.add_argument_group("images and augmentation"))
     _add_machine_options(parser.add_argument_group("machine"))
-    parser.add_argument("--resume", action="store_true", default=None, help="continue RUN from RUN/last.pt")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        choices=["auto"],
+        default=None,
+        help="continue RUN from RUN/last.pt; `--resume auto`: continue when RUN/last.pt holds this run's options, "
+        "else start (under torchrun a restarted worker does this by itself)",
+    )
     parser.add_argument("--overwrite", action="store_true", default=None, help="replace the files of an existing RUN")
     parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings and errors only")
     parser.set_defaults(func=run)
@@ -114,6 +122,21 @@ def _add_machine_options(parser: argparse._ArgumentGroup) -> None:
         type=int,
         metavar="N",
         help="steps between the processes' stop/NaN checks, one host sync each (default: 1 on CPU, 16 on GPUs)",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="STEPS",
+        help="also save RUN/last.pt every STEPS steps mid-epoch, bounding the work a killed process loses "
+        "(default: at epoch ends only)",
+    )
+    parser.add_argument(
+        "--max-bad-images",
+        type=float,
+        metavar="FRACTION",
+        help=f"images are not decoded before training; an unreadable one is replaced by the next readable file "
+        f"and listed in RUN/bad_images.txt; stop when more than FRACTION of them are bad (default "
+        f"{DEFAULTS.max_bad_images}; `shufflenet verify-data DIR` checks a tree beforehand)",
     )
     parser.add_argument(
         "--cache-images",

@@ -2,7 +2,9 @@
 
 Two layouts are understood: ``DIR/train/<class>/…`` + ``DIR/val/<class>/…`` (the seed's), or one
 ``DIR/<class>/…`` tree that is split into train/val by a seeded, stratified fraction and saved so reruns match.
-Files that cannot be decoded are skipped with one warning, and non-image files are ignored.
+Building lists files only; a file that cannot be decoded is found when it is loaded and replaced by the next
+readable one (:mod:`~shufflenet.data.bad_images`). ``verify=True`` decodes every file first and drops the bad
+ones (small folders; ``shufflenet verify-data`` does it in parallel). Non-image files are ignored.
 """
 
 from __future__ import annotations
@@ -16,26 +18,33 @@ from typing import Any
 import torch
 from PIL import Image
 
+from shufflenet.data.bad_images import BadImageLog
 from shufflenet.data.folders import _check_dir, scan_image_folder
 from shufflenet.data.images import BadImageError, Sample, load_image, verify_images
 from shufflenet.data.splits import (
     LAYOUT_SPLIT,
     LAYOUT_TRAIN_VAL,
-    _count_unlisted,
     read_split,
+    relative_image_names,
     stratified_split,
     write_split,
 )
-from shufflenet.transforms import Preprocessing
+from shufflenet.transforms import Preprocessing, eval_transform, train_transform
 
 logger = logging.getLogger("shufflenet")
+CHANGED = "the data changed"  # a note about files added since the saved file lists
 
 # Class names, train samples, validation samples, and the (path, reason) of files that failed to decode.
 _Subsets = tuple[list[str], list[Sample], list[Sample], list[tuple[Path, str]]]
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
-    """(path, label) samples -> (transformed image, label); a file that fails to decode is replaced, not fatal."""
+    """(path, label) samples -> (transformed image, label); a file that fails to decode is replaced, not fatal.
+
+    The stand-in for an unreadable file is the next readable one in the list (usually the same class), the
+    same in every process and every epoch, so epochs keep their length and batch shapes and a resume replays
+    them exactly. Each bad file is warned about once per process and appended to ``bad_log`` when given.
+    """
 
     def __init__(
         self,
@@ -43,12 +52,14 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         class_names: Sequence[str],
         transform: Callable[[Image.Image], Any] | None = None,
         draft_size: int | None = None,
+        bad_log: BadImageLog | None = None,
     ) -> None:
-        self.samples: list[Sample] = [(Path(p), int(label)) for p, label in samples]
+        self.samples: list[Sample] = [(p if isinstance(p, Path) else Path(p), int(label)) for p, label in samples]
         self.class_names: list[str] = list(class_names)
         self.targets: list[int] = [label for _, label in self.samples]
         self.transform = transform
         self.draft_size = draft_size
+        self.bad_log = bad_log
         self._bad: set[int] = set()  # per process (each DataLoader worker has its own copy)
 
     def __len__(self) -> int:
@@ -66,10 +77,10 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             try:
                 image = load_image(path, draft_size=self.draft_size)
             except BadImageError as exc:
-                # A file that passed verification can still change or vanish during training; an epoch
-                # must not die for one image.
                 self._bad.add(i)
-                logger.warning("%s; using another image in its place", exc)
+                logger.warning("%s; using the next readable image in its place", exc)
+                if self.bad_log is not None:
+                    self.bad_log.record(path, exc.reason)
                 continue
             return (self.transform(image) if self.transform is not None else image), label
         raise RuntimeError(f"none of the {n} images in this dataset can be read (first: {self.samples[0][0]})")
@@ -112,44 +123,49 @@ def build_datasets(
     val_split: float = 0.2,
     seed: int = 0,
     split_file: str | Path | None = None,
-    verify: bool = True,
+    verify: bool = False,
     draft: bool = False,
+    transforms: tuple[Callable[[Image.Image], Any], Callable[[Image.Image], Any]] | None = None,
+    bad_log: BadImageLog | None = None,
 ) -> DataBundle:
     """Train/val datasets from ``train/`` + ``val/`` folders or a seeded stratified split of one class tree.
 
-    The split (relative paths per subset and class) is written to ``split_file`` when given; an existing
-    ``split_file`` is reused for the ``split`` layout so reruns see the same images. Unreadable images are
-    skipped with one warning. ``draft=True`` decodes JPEGs at reduced size (>= ``preprocessing.resize_size``).
+    The file lists (relative paths per subset and class) are written to ``split_file`` when given; an existing
+    ``split_file`` is reused whatever the layout, so a rerun or resume neither rescans differently nor
+    re-splits (files added since are reported, missing ones are an error). Only file names are read unless
+    ``verify``. ``draft=True`` decodes JPEGs at reduced size (>= ``preprocessing.resize_size``).
+    ``transforms`` is (train, val); by default :func:`~shufflenet.transforms.train_transform` and
+    :func:`~shufflenet.transforms.eval_transform` of ``preprocessing`` (uint8 tensors).
     """
     data_dir = Path(data_dir)
     layout = detect_layout(data_dir)
     split_path = Path(split_file) if split_file is not None else None
     notes: list[str] = []
 
-    if layout == LAYOUT_TRAIN_VAL:
-        class_names, train_samples, val_samples, skipped = _train_val_subsets(data_dir, verify)
-        if split_path is not None:
-            write_split(split_path, data_dir, class_names, train_samples, val_samples, seed, None, layout)
+    if layout == LAYOUT_SPLIT and not 0.0 < val_split < 1.0:
+        raise ValueError(f"val_split must be between 0 and 1 (exclusive), got {val_split}")
+    if split_path is not None and split_path.exists():
+        # Reused as-is: never rewrite the user's file.
+        class_names, train_samples, val_samples, skipped = _saved_split_subsets(data_dir, split_path, verify, notes)
     else:
-        if not 0.0 < val_split < 1.0:
-            raise ValueError(f"val_split must be between 0 and 1 (exclusive), got {val_split}")
-        if split_path is not None and split_path.exists():
-            # Reused as-is: never rewrite the user's file.
-            class_names, train_samples, val_samples, skipped = _saved_split_subsets(data_dir, split_path, verify, notes)
+        if layout == LAYOUT_TRAIN_VAL:
+            class_names, train_samples, val_samples, skipped = _train_val_subsets(data_dir, verify)
         else:
             class_names, train_samples, val_samples, skipped = _new_split_subsets(data_dir, val_split, seed, verify)
-            if split_path is not None:
-                write_split(split_path, data_dir, class_names, train_samples, val_samples, seed, val_split, layout)
+        if split_path is not None:
+            fraction = val_split if layout == LAYOUT_SPLIT else None
+            write_split(split_path, data_dir, class_names, train_samples, val_samples, seed, fraction, layout)
 
     if skipped:
         listing = "; ".join(f"{path} ({reason})" for path, reason in skipped)
         logger.warning("skipped %d unreadable image file(s): %s", len(skipped), listing)
     for note in notes:
-        logger.info(note)
+        (logger.warning if note.startswith(CHANGED) else logger.info)(note)
 
-    draft_size = preprocessing.resize_size if draft else None
-    train = ImageFolderDataset(train_samples, class_names, preprocessing.train_transform(), draft_size=draft_size)
-    val = ImageFolderDataset(val_samples, class_names, preprocessing.eval_transform(), draft_size=draft_size)
+    train_tf, val_tf = transforms or (train_transform(preprocessing), eval_transform(preprocessing))
+    options: dict[str, Any] = {"draft_size": preprocessing.resize_size if draft else None, "bad_log": bad_log}
+    train = ImageFolderDataset(train_samples, class_names, train_tf, **options)
+    val = ImageFolderDataset(val_samples, class_names, val_tf, **options)
     return DataBundle(
         train=train,
         val=val,
@@ -181,11 +197,15 @@ def _train_val_subsets(data_dir: Path, verify: bool) -> _Subsets:
 
 
 def _saved_split_subsets(data_dir: Path, split_path: Path, verify: bool, notes: list[str]) -> _Subsets:
-    """The split saved in ``split_path``; images added since are noted, not used."""
-    class_names, train_samples, val_samples = read_split(split_path, data_dir)
-    unlisted = _count_unlisted(data_dir, train_samples, val_samples)
+    """The file lists saved in ``split_path``; images added since are reported, not used."""
+    found = relative_image_names(data_dir)  # one walk: files missing from and added to the saved lists
+    class_names, train_samples, val_samples = read_split(split_path, data_dir, found)
+    unlisted = len(found) - len(train_samples) - len(val_samples)
     if unlisted:
-        notes.append(f"{unlisted} image(s) in {data_dir} are not in {split_path} and are not used")
+        notes.append(
+            f"{CHANGED}: {unlisted} image(s) in {data_dir} are not in {split_path} and are not used "
+            f"(a new run folder lists them)"
+        )
     notes.append(f"reused the split in {split_path}")
     train_samples, val_samples, skipped = _verified(train_samples, val_samples, verify)
     _require_each_class(val_samples, class_names, "validation", split_path)

@@ -16,13 +16,21 @@ def _check_dir(root: Path, what: str = "data directory") -> None:
         raise ValueError(f"{what} {root} is not a directory; pass a folder with one sub-folder per class")
 
 
-def _images_under(folder: Path) -> list[Path]:
-    """Image files below ``folder`` (recursive, hidden files and folders skipped), sorted."""
-    found: list[Path] = []
+def _image_names_under(folder: str | Path) -> list[str]:
+    """Image file paths below ``folder`` as strings (recursive, hidden files and folders skipped), sorted.
+
+    Strings, not Paths, while listing: building a pathlib.Path costs more than reading its directory entry.
+    """
+    found: list[str] = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found.extend(Path(dirpath) / f for f in filenames if is_image_file(f))
+        found.extend(os.path.join(dirpath, f) for f in filenames if is_image_file(f))
     return sorted(found)
+
+
+def _images_under(folder: Path) -> list[Path]:
+    """Image files below ``folder`` (recursive, hidden files and folders skipped), sorted."""
+    return [Path(p) for p in _image_names_under(folder)]
 
 
 def _class_dirs(root: Path) -> list[Path]:

@@ -8,7 +8,7 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
-from shufflenet.data.folders import _class_dirs, _images_under
+from shufflenet.data.folders import _class_dirs, _image_names_under
 from shufflenet.data.images import Sample
 from shufflenet.fileio import write_text_atomic
 
@@ -54,10 +54,18 @@ def write_split(
     """Save a split as JSON: class names and, per subset and class, paths relative to ``data_dir`` (atomic)."""
     path, data_dir = Path(path), Path(data_dir)
 
+    prefix = str(data_dir) + os.sep
+
+    def relative(p: Path) -> str:
+        text = str(p)
+        # A prefix cut, not os.path.relpath: that normalises both paths, per file of a million.
+        rel = text[len(prefix) :] if text.startswith(prefix) else os.path.relpath(text, data_dir)
+        return rel.replace(os.sep, "/")
+
     def subset(samples: Sequence[Sample]) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {name: [] for name in class_names}
         for p, label in samples:
-            out[class_names[label]].append(Path(os.path.relpath(p, data_dir)).as_posix())
+            out[class_names[label]].append(relative(p))
         return out
 
     data = {
@@ -74,8 +82,13 @@ def write_split(
     return write_text_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
-def read_split(path: str | Path, data_dir: str | Path) -> tuple[list[str], list[Sample], list[Sample]]:
-    """Load a split written by :func:`write_split`; errors name missing files and what to do."""
+def read_split(
+    path: str | Path, data_dir: str | Path, found: set[str] | None = None
+) -> tuple[list[str], list[Sample], list[Sample]]:
+    """Load a split written by :func:`write_split`; errors name missing files and what to do.
+
+    ``found`` (from :func:`relative_image_names`) is the tree's files; by default it is listed here.
+    """
     path, data_dir = Path(path), Path(data_dir)
     try:
         data = json.loads(path.read_text())
@@ -89,6 +102,7 @@ def read_split(path: str | Path, data_dir: str | Path) -> tuple[list[str], list[
     except (KeyError, TypeError) as exc:
         raise ValueError(f"split file {path} lacks key {exc}; delete it to make a new split") from None
     index = {name: i for i, name in enumerate(class_names)}
+    found = relative_image_names(data_dir) if found is None else found
     result: dict[str, list[Sample]] = {}
     missing: list[str] = []
     for key, per_class in subsets.items():
@@ -97,10 +111,9 @@ def read_split(path: str | Path, data_dir: str | Path) -> tuple[list[str], list[
             if name not in index:
                 raise ValueError(f"split file {path}: class {name!r} in {key!r} is not in class_names")
             for rel in rels:
-                p = data_dir / rel
-                if not p.is_file():
+                if rel not in found:
                     missing.append(rel)
-                samples.append((p, index[name]))
+                samples.append((data_dir / rel, index[name]))
         result[key] = samples
     if missing:
         raise ValueError(
@@ -110,7 +123,7 @@ def read_split(path: str | Path, data_dir: str | Path) -> tuple[list[str], list[
     return class_names, result["train"], result["val"]
 
 
-def _count_unlisted(data_dir: Path, train: Sequence[Sample], val: Sequence[Sample]) -> int:
-    listed = {p.resolve() for p, _ in train} | {p.resolve() for p, _ in val}
-    found = {p.resolve() for d in _class_dirs(data_dir) for p in _images_under(d)}
-    return len(found - listed)
+def relative_image_names(data_dir: Path) -> set[str]:
+    """The image files of the class folders below ``data_dir``, as posix paths relative to it (one walk)."""
+    prefix = str(data_dir) + os.sep
+    return {p[len(prefix) :].replace(os.sep, "/") for d in _class_dirs(data_dir) for p in _image_names_under(d)}

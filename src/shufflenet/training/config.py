@@ -35,6 +35,8 @@ RUNTIME_OPTIONS = (
     "workers",
     "threads",
     "check_every",
+    "checkpoint_every",
+    "max_bad_images",
     "progress",
 )
 
@@ -80,7 +82,9 @@ class TrainConfig:
     sync_bn: bool = False  # under DDP, BatchNorm statistics over the global batch (SyncBatchNorm; CUDA only)
     check_every: int | None = None  # steps between the ranks' stop/NaN checks (None: 1 on CPU, 16 on GPUs)
     cache_images: bool | None = None  # keep decoded, resized images in memory (None: when they fit in 2 GiB)
-    resume: bool = False
+    max_bad_images: float = 0.1  # fraction of unreadable images (each replaced by the next readable) that stops a run
+    checkpoint_every: int | None = None  # steps between mid-epoch last.pt saves (None: at epoch ends only)
+    resume: bool | str = False  # True: continue from last.pt; "auto": when last.pt holds this run's options
     overwrite: bool = False
     progress: bool = False  # tqdm bars on stderr (the CLI turns them on unless --quiet)
 
@@ -119,13 +123,19 @@ class TrainConfig:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.check_every is not None and self.check_every < 1:
             raise ValueError(f"check_every must be >= 1, got {self.check_every}")
+        if not 0.0 <= self.max_bad_images <= 1.0:
+            raise ValueError(f"max_bad_images must be a fraction in [0, 1], got {self.max_bad_images}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1 step, got {self.checkpoint_every}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if not isinstance(self.small_input, bool):
             raise ValueError(f"small_input must be True or False, got {self.small_input!r}")
         if not self.out:
             raise ValueError("no run folder given: pass --out RUN (e.g. runs/exp1)")
-        if self.resume and self.overwrite:
+        if self.resume not in (False, True, "auto"):
+            raise ValueError(f"resume must be True, False or 'auto', got {self.resume!r}")
+        if self.resume is True and self.overwrite:
             raise ValueError("--resume and --overwrite contradict each other; pass one of them")
         return self
 

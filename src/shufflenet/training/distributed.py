@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +40,10 @@ class Distributed:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         if not torch_dist.is_initialized():
-            torch_dist.init_process_group(backend)
+            rank = int(os.environ["RANK"])
+            torch_dist.init_process_group(
+                backend, store=_attempt_store(rank, world_size), rank=rank, world_size=world_size
+            )
         return cls(device=device, rank=torch_dist.get_rank(), world_size=world_size, backend=backend)
 
     def sum(self, tensor: Tensor) -> Tensor:
@@ -74,3 +78,21 @@ class Distributed:
         """Leave the process group."""
         if self.world_size > 1 and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
+
+
+def _attempt_store(rank: int, world_size: int) -> torch_dist.Store:
+    """torchrun's key-value store, with keys of this attempt only (``TORCHELASTIC_RESTART_COUNT``).
+
+    After torchrun restarts a failed worker group, the store still holds the first attempt's keys; gloo's
+    ranks could then read a dead peer's address and fail with "connectFullMesh ... Connection refused" (seen
+    with torch 2.14). A prefix per attempt keeps each attempt's rendezvous its own.
+    """
+    agent_hosts_it = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun's agent runs the server
+    store = torch_dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size,
+        is_master=rank == 0 and not agent_hosts_it,
+        timeout=datetime.timedelta(minutes=10),
+    )
+    return torch_dist.PrefixStore(f"shufflenet/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)

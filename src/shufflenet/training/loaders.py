@@ -1,10 +1,16 @@
-"""Training data: datasets with augmentation, an in-memory image cache, samplers that resume mid-epoch, loaders."""
+"""Training data: datasets with augmentation, an in-memory image cache, samplers that resume mid-epoch, loaders.
+
+Start-up lists files only (or reads the run's saved split.json); images are decoded in the loader workers,
+JPEGs at reduced scale (PIL draft), and an unreadable one is replaced by the next readable file and counted
+(:class:`WatchedLoader` logs them, stops the run past ``max_bad_images`` and says when the first step ran).
+"""
 
 from __future__ import annotations
 
 import itertools
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,7 +22,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 from torchvision.transforms import v2 as T
 
-from shufflenet.data import BadImageError, ImageFolderDataset, build_datasets, detect_layout, load_image
+from shufflenet.data import BadImageError, ImageFolderDataset, build_datasets, load_image
+from shufflenet.data.bad_images import BAD_IMAGES_FILE, BadImageLog, too_many_bad_images
 from shufflenet.training.config import TrainConfig
 from shufflenet.training.distributed import Distributed
 from shufflenet.training.run_folder import SPLIT_FILE
@@ -40,7 +47,7 @@ class TrainData:
     bundle: Any  # shufflenet.data's datasets bundle: layout, skipped files, the uncached datasets
     val_data: Dataset
     sampler: ResumableSampler
-    train_loader: DataLoader
+    train_loader: WatchedLoader  # a DataLoader that reports bad images and the first step
     val_loader: DataLoader  # this rank's shard
     normalize: Callable[[Tensor], Tensor]
     workers: int
@@ -53,33 +60,40 @@ def build_data(
     """train/ + val/ folders, or one class tree split (seeded, stratified) and saved to split.json; ``fit``
     adapts the options to the training-set size (the recipe's batch size and epochs; ``TrainData.config``)."""
     preprocessing = Preprocessing.for_size(cfg.eval_size or cfg.img_size, crop_pct=cfg.eval_crop)
-    # Rank 0 writes split.json; the others compute the same seeded split, or read the file if it already was.
-    use_split_file = dist.is_main or (split_existed and detect_layout(cfg.data) == "split")
+    transforms = (
+        train_transform(preprocessing, cfg.crop_scale, cfg.hflip, cfg.img_size, cfg.auto_augment, cfg.random_erase),
+        eval_transform(preprocessing),
+    )
+    # Rank 0 writes split.json; the others compute the same seeded split, or read the file if it already was
+    # (a resume reads the saved file lists: no rescan, no new split).
+    listed = time.perf_counter()
+    bad_log = BadImageLog(run_dir / BAD_IMAGES_FILE)
     bundle = build_datasets(
         cfg.data,
         preprocessing,
         val_split=cfg.val_split,
         seed=cfg.seed,
-        split_file=run_dir / SPLIT_FILE if use_split_file else None,
+        split_file=run_dir / SPLIT_FILE if dist.is_main or split_existed else None,
         draft=True,
+        transforms=transforms,
+        bad_log=bad_log,
     )
+    listed = time.perf_counter() - listed
     if fit is not None:
         cfg, notes = fit(cfg, len(bundle.train), dist.world_size)
         for message in notes:
             log.info(message)
-    bundle.train.transform = train_transform(
-        preprocessing, cfg.crop_scale, cfg.hflip, cfg.img_size, cfg.auto_augment, cfg.random_erase
-    )
-    bundle.val.transform = eval_transform(preprocessing)
     # Half the budget each: the auto cache is for datasets that fit in memory many times over.
     train_data = maybe_cache(cfg.cache_images, bundle.train, preprocessing, CACHE_BUDGET // 2)
     val_data = maybe_cache(cfg.cache_images, bundle.val, preprocessing, CACHE_BUDGET // 2)
     cached = isinstance(train_data, CachedImages)
     workers = resolve_workers(cfg.workers, dist.device, cached=cached)
     log.info(
-        "data %s (%s layout): %d train and %d val images, %d classes%s%s, %d loader workers per process",
+        "data %s (%s layout, listed in %.1f s): %d train and %d val images, %d classes%s%s, %d loader workers "
+        "per process",
         cfg.data,
         bundle.layout,
+        listed,
         len(bundle.train),
         len(bundle.val),
         len(bundle.class_names),
@@ -102,6 +116,9 @@ def build_data(
     )
     if len(train_loader) == 0:
         raise ValueError(f"{cfg.data}: too few training images for one batch per process; add images")
+    source = f"folder {cfg.data}, {workers} loader workers"
+    total = len(bundle.train) + len(bundle.val)
+    train_loader = WatchedLoader(train_loader, bad_log, total, cfg.max_bad_images, source)
     val_shard = Subset(val_data, list(range(dist.rank, len(val_data), dist.world_size)))
     val_loader = DataLoader(val_shard, batch_size=cfg.batch_size, **options)
     return TrainData(
@@ -117,6 +134,78 @@ def build_data(
         workers=workers,
         loader_options=options,
     )
+
+
+def process_seconds() -> float:
+    """Seconds since this process started (Linux: from /proc; elsewhere since shufflenet was imported)."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rpartition(")")[2].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - _IMPORTED
+
+
+_IMPORTED = time.perf_counter()
+
+
+class WatchedLoader:
+    """A training DataLoader that logs when the first step ran and the bad images the workers met.
+
+    Bad images are read from the run's shared list (any process may have found them) when it grows, a cheap
+    stat per batch; past ``max_fraction`` of ``total`` images the run stops with one line saying so.
+    Everything else (``len``, ``sampler``, ``dataset``...) is the DataLoader's.
+    """
+
+    def __init__(self, loader: DataLoader, bad_log: BadImageLog, total: int, max_fraction: float, source: str):
+        self.loader = loader
+        self.bad_log = bad_log
+        self.total = total
+        self.max_fraction = max_fraction
+        self.source = source
+        self.bad_images = len(bad_log.read())  # found by earlier runs of this folder (a resume) or rank 0
+        self._seen_size = bad_log.size()
+        self._first_step_logged = False
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.loader:
+            self.check_bad_images()
+            yield batch
+            if not self._first_step_logged:  # the caller asks for the next batch: its first step is done
+                self._first_step_logged = True
+                log.info(
+                    "first step after %.1f s (data: %s, %d bad images so far)",
+                    process_seconds(),
+                    self.source,
+                    self.bad_images,
+                )
+
+    def check_bad_images(self) -> int:
+        """Log newly found bad images and return their number; raise ValueError past the run's allowance."""
+        size = self.bad_log.size()
+        if size == self._seen_size:
+            return self.bad_images
+        self._seen_size = size
+        found = self.bad_log.read()
+        if len(found) > self.bad_images:
+            log.warning(
+                "%d unreadable image(s) so far, each replaced by the next readable one; listed in %s",
+                len(found),
+                self.bad_log.path,
+            )
+        self.bad_images = len(found)
+        error = too_many_bad_images(self.bad_images, self.total, self.max_fraction, self.bad_log.path)
+        if error:
+            raise ValueError(error)
+        return self.bad_images
 
 
 def resolve_workers(workers: int | None, device: torch.device, cached: bool = False) -> int:

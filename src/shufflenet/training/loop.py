@@ -29,6 +29,7 @@ from shufflenet.training import run_folder
 from shufflenet.training.augment import batch_mixer, hard_labels
 from shufflenet.training.config import TrainConfig
 from shufflenet.training.distributed import Distributed
+from shufflenet.training.elastic import resolve_auto_resume
 from shufflenet.training.ema import build_ema, ema_state, restore_ema
 from shufflenet.training.loaders import FitToData, TrainData, build_data
 from shufflenet.training.optim import build_optimizer, build_scheduler
@@ -91,6 +92,7 @@ def train(config: TrainConfig | None = None, /, **options: Any) -> TrainResult:
 def _train(cfg: TrainConfig, explicit: set[str], dist: Distributed, stop: StopRequest) -> TrainResult:
     # The run folder is checked by every rank before rank 0 writes into it.
     run_dir = Path(cfg.out)
+    cfg, auto_notes = resolve_auto_resume(cfg, run_dir, explicit)  # --resume auto, torchrun restarts
     resume_from, ignored, notes, fit = None, [], [], None
     if cfg.resume:
         resume_from = read_last_checkpoint(run_dir)
@@ -99,6 +101,7 @@ def _train(cfg: TrainConfig, explicit: set[str], dist: Distributed, stop: StopRe
         cfg, notes = resolve_recipe(cfg, explicit)
         fit = partial(fit_recipe_to_data, explicit=explicit)  # batch size and epochs for the training-set size
         run_folder.check_new_run_dir(run_dir, cfg.overwrite)
+    notes = [*auto_notes, *notes]
     if cfg.data is None:
         raise ValueError("no data directory given: pass --data DIR")
     split_existed = (run_dir / run_folder.SPLIT_FILE).is_file()
@@ -209,7 +212,8 @@ def _train_in_run_dir(
     stop.arm()
     for epoch in range(at.epoch, cfg.epochs):
         resumed_mid_epoch = epoch == at.epoch and at.step > 0
-        steps = _train_steps(run, epoch, at if resumed_mid_epoch else ResumePoint(epoch), stop)
+        start = at if resumed_mid_epoch else ResumePoint(epoch, 0, history, best_val_acc, best_epoch)
+        steps = _train_steps(run, epoch, start, stop)
         if steps.stopped == "diverged":
             stopped, message = steps.stopped, steps.message
             break
@@ -222,6 +226,7 @@ def _train_in_run_dir(
 
         # validation (each rank a shard, summed), metrics, checkpoints
         row, val = _validate(run, epoch, steps)
+        row["bad_images"] = run.data.train_loader.check_bad_images()  # unreadable files met so far, each replaced
         improved = row["val_acc"] > best_val_acc
         if dist.is_main:
             _save_best(run, epoch, row, val, history, improved)
@@ -296,6 +301,7 @@ def _train_steps(run: _Run, epoch: int, at: ResumePoint, stop: StopRequest) -> _
     started = time.perf_counter()
     bar = progress_bar(steps_per_epoch, at.step, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and dist.is_main)
     pending, counts = [], []  # (loss, correct) on the device and batch sizes, per step since the last check
+    saved_at = at.step  # the step of the last mid-epoch last.pt (--checkpoint-every)
     for images, targets in data.train_loader:
         images = data.normalize(images.to(device, non_blocking=True, memory_format=run.memory_format))
         targets = targets.to(device, non_blocking=True)
@@ -331,6 +337,12 @@ def _train_steps(run: _Run, epoch: int, at: ResumePoint, stop: StopRequest) -> _
             done.stopped = "interrupted"
             done.message = _interrupted_message(epoch, done.step, steps_per_epoch, run.run_dir)
             break
+        if cfg.checkpoint_every and done.step - saved_at >= cfg.checkpoint_every and done.step < steps_per_epoch:
+            # Bounds the steps a killed process loses; every rank reaches this step (the sums are complete here).
+            saved_at = done.step
+            seconds = at.seconds + time.perf_counter() - started
+            point = ResumePoint(epoch, done.step, at.history, at.best_val_acc, at.best_epoch, done.sums, seconds)
+            _save_last(run, point)
     if bar is not None:
         bar.close()
     done.seconds = at.seconds + time.perf_counter() - started

@@ -36,6 +36,7 @@ METRIC_COLUMNS = (
     "lr",
     "epoch_seconds",
     "train_img_per_s",
+    "bad_images",
 )
 # Columns a run adds when it keeps an EMA of the weights (shufflenet.training.ema).
 EMA_COLUMNS = ("val_loss_ema", "val_acc_ema")
@@ -51,6 +52,7 @@ RUN_FILES = (
     "confusion_matrix.png",
     "confusion_matrix.json",
     "train.log",
+    "bad_images.txt",
 )
 SPLIT_FILE = "split.json"
 

@@ -1,0 +1,169 @@
+"""Data start-up and decode throughput at ImageNet scale, on synthetic JPEG folders made from real photos.
+
+Three measurements, each printed as a table:
+
+* ``build``: a class-per-folder tree of N JPEGs (random crops of the hymenoptera photos, short side 160-320 px,
+  100 classes, train/ + val/), for the start-up timing.
+* ``startup``: ``python -m shufflenet train`` from the command to its "first step after N s" line (train.log),
+  and the RSS of the main process and of its loader workers at that moment; the run is stopped right after.
+* ``decode``: images/s through one loader process (one core) for the training pipeline (decode with PIL draft,
+  RandomResizedCrop, flip) at 224 and 64 px, from the folder; with and without draft.
+
+    .venv/bin/python benchmarks/data_throughput.py build --out /tmp/synth10k --images 10000
+    .venv/bin/python benchmarks/data_throughput.py startup --data /tmp/synth10k [--workers 2]
+    .venv/bin/python benchmarks/data_throughput.py decode --data /tmp/synth10k [--images 400]
+
+Timings are medians of repeated runs in one process where a ratio matters (draft vs no draft); on a shared
+machine quote ratios, not absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+DEFAULT_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera_data"
+FIRST_STEP = re.compile(r"first step after ([0-9.]+) s")
+
+
+def build(out: Path, images: int, photos: Path, classes: int = 100, val_fraction: float = 0.02) -> None:
+    """Write ``images`` JPEG crops of the real photos as ``out/{train,val}/class_NNN/*.jpg``."""
+    sources = sorted(photos.rglob("*.jpg"))
+    if not sources:
+        raise SystemExit(f"no photos under {photos}")
+    rng = random.Random(0)
+    decoded = [Image.open(p).convert("RGB") for p in sources]
+    started = time.perf_counter()
+    for i in range(images):
+        subset = "val" if (i // classes) % round(1 / val_fraction) == 0 else "train"  # every class in both
+        folder = out / subset / f"class_{i % classes:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        photo = decoded[i % len(decoded)]
+        w, h = photo.size
+        cw, ch = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
+        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        short = rng.randint(160, 320)
+        scale = short / min(cw, ch)
+        crop = photo.crop((x, y, x + cw, y + ch)).resize((round(cw * scale), round(ch * scale)))
+        crop.save(folder / f"{i:07d}.jpg", quality=85)
+        if (i + 1) % 10000 == 0:
+            print(f"  {i + 1} images, {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    print(f"wrote {images} JPEGs under {out} in {time.perf_counter() - started:.0f} s")
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def startup(data: Path, workers: int, img_size: int) -> dict[str, float]:
+    """Command -> first step (s), and RSS (MiB) of the trainer and of each loader worker then."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        command = [sys.executable, "-m", "shufflenet", "train", "--data", str(data), "--out", str(run)]
+        command += ["--model", "shufflenet_v2_x0_5", "--img-size", str(img_size), "--batch-size", "32"]
+        command += ["--epochs", "1", "--device", "cpu", "--workers", str(workers), "--threads", "1", "--quiet"]
+        command += ["--no-cache-images"]
+        started = time.perf_counter()
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        log = run / "train.log"
+        found = None
+        while proc.poll() is None and time.perf_counter() - started < 600:
+            if log.is_file():
+                found = FIRST_STEP.search(log.read_text())
+                if found:
+                    break
+            time.sleep(0.05)
+        seen = time.perf_counter() - started
+        if found is None:
+            proc.kill()
+            raise SystemExit(f"no first step: {proc.communicate()[1][-2000:]}")
+        main_rss = _rss_kib(proc.pid) / 1024
+        worker_rss = [_rss_kib(c) / 1024 for c in _children(proc.pid)]
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+    return {
+        "first_step_s": float(found.group(1)),
+        "seen_s": seen,
+        "main_rss_mib": main_rss,
+        "worker_rss_mib": max(worker_rss, default=0.0),
+    }
+
+
+def decode_rate(data: Path, img_size: int, draft: bool, images: int) -> float:
+    """Training images/s through one process: decode (draft or not), RandomResizedCrop, flip, collate."""
+    from shufflenet.data import ImageFolderDataset, scan_image_folder
+    from shufflenet.transforms import Preprocessing, train_transform
+
+    samples, classes = scan_image_folder(data / "train")
+    samples = random.Random(0).sample(samples, min(images, len(samples)))
+    pre = Preprocessing.for_size(img_size)
+    dataset = ImageFolderDataset(samples, classes, train_transform(pre), pre.resize_size if draft else None)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=32, num_workers=0)
+    started = time.perf_counter()
+    count = sum(len(labels) for _, labels in loader)
+    return count / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build")
+    b.add_argument("--out", type=Path, required=True)
+    b.add_argument("--images", type=int, default=10000)
+    b.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS)
+    s = sub.add_parser("startup")
+    s.add_argument("--data", type=Path, required=True)
+    s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--img-size", type=int, default=224)
+    s.add_argument("--repeats", type=int, default=2)
+    d = sub.add_parser("decode")
+    d.add_argument("--data", type=Path, required=True)
+    d.add_argument("--images", type=int, default=400)
+    d.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.command == "build":
+        build(args.out, args.images, args.photos)
+    elif args.command == "startup":
+        rows = [startup(args.data, args.workers, args.img_size) for _ in range(args.repeats)]
+        files = sum(1 for _ in args.data.rglob("*.jpg"))
+        print("| images | first step (s, median) | trainer RSS (MiB) | loader worker RSS (MiB) |")
+        print("|---|---|---|---|")
+        med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+        print(f"| {files} | {med['first_step_s']:.1f} | {med['main_rss_mib']:.0f} | {med['worker_rss_mib']:.0f} |")
+    else:
+        print("| size | draft | img/s, one process (median) |")
+        print("|---|---|---|")
+        for size in (224, 64):
+            rates = {True: [], False: []}
+            for _ in range(args.repeats):  # interleaved, so a busier moment hits both alike
+                for draft in (True, False):
+                    rates[draft].append(decode_rate(args.data, size, draft, args.images))
+            for draft in (True, False):
+                print(f"| {size} | {'on' if draft else 'off'} | {statistics.median(rates[draft]):.0f} |")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()
