@@ -21,9 +21,13 @@ from collections.abc import Sequence
 from copy import deepcopy
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from shufflenet.models.ops import check_input
+
+# torch.fx.wrap patches a name in the module that calls it: this module's check_input is a traced leaf too.
+torch.fx.wrap("check_input")
 
 # Module whose output is level i; the stem's conv1 runs before level 0.
 FEATURE_MODULES: tuple[str, ...] = ("maxpool", "stage2", "stage3", "stage4", "conv5")
@@ -142,7 +146,7 @@ class ShuffleNetFeatures(nn.Module):
     def forward(self, x: Tensor) -> list[Tensor]:
         """Feature maps of the selected levels, shallowest first: (N, channels[i], H/stride[i], W/stride[i])."""
         check_input(x, self.in_chans)
-        features = []
+        features: list[Tensor] = []
         for name, module in self.named_children():
             x = module(x)
             if name in self.return_modules:
