@@ -82,6 +82,15 @@ def test_fx_trace_of_channels_last_input_gives_the_same_values() -> None:
         torch.testing.assert_close(torch.fx.symbolic_trace(model)(x), model(x), rtol=1e-5, atol=1e-6)
 
 
+def test_fx_graph_module_scripts_and_agrees() -> None:
+    features = ShuffleNetFeatures(_model("shufflenet_v1_g3_x0_5"), out_indices=(0, 3))
+    scripted = torch.jit.script(torch.fx.symbolic_trace(features))
+    x = _input()
+    with torch.no_grad():
+        for got, want in zip(scripted(x), features(x), strict=True):
+            assert torch.equal(got, want)
+
+
 # One model per code path: torch.jit.script and torch.export take seconds each.
 SCRIPT_CASES = [
     ("shufflenet_v1_g8_x0_5", (("shuffle_order", "megvii"),)),

@@ -15,12 +15,12 @@ selected), so a full checkpoint's weights load into it once the extra keys are l
 ``FeatureListNet`` wrapped around the same model holds the same keys.
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from copy import deepcopy
 from typing import Any
 
+# No `from __future__ import annotations` in models/: torch.fx copies forward's annotations into the
+# code it generates, and TorchScript cannot resolve them as strings (FX then torch.jit.script fails).
 import torch
 from torch import Tensor, nn
 
@@ -88,7 +88,7 @@ class FeatureInfo:
         self.info = info
         self.out_indices = tuple(out_indices)
 
-    def from_other(self, out_indices: Sequence[int]) -> FeatureInfo:
+    def from_other(self, out_indices: Sequence[int]) -> "FeatureInfo":
         """The same levels with another selection."""
         return FeatureInfo(deepcopy(self.info), out_indices)
 

@@ -1,7 +1,7 @@
 """Building blocks shared by ShuffleNet v1 and v2: channel shuffle and conv-BN(-ReLU)."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` in models/: torch.fx copies forward's annotations into the
+# code it generates, and TorchScript cannot resolve them as strings (FX then torch.jit.script fails).
 import torch
 from torch import Tensor, nn
 

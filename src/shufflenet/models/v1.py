@@ -17,8 +17,6 @@ within-group relabelling of the paper order reproduces them; see docs/pretrained
 files convert onto the paper order.
 """
 
-from __future__ import annotations
-
 import torch
 from torch import Tensor, nn
 

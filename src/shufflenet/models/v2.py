@@ -3,8 +3,6 @@
 A torchvision ``.pth`` therefore loads with ``strict=True`` and gives identical outputs.
 """
 
-from __future__ import annotations
-
 import torch
 from torch import Tensor, nn
 
