@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.util
+import math
 import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -91,7 +92,7 @@ def _model_with_feature_info(name: str, **kwargs: Any) -> nn.Module:
 def _build(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     from timm.models import build_model_with_cfg
 
-    return build_model_with_cfg(
+    model = build_model_with_cfg(
         partial(_model_with_feature_info, name),
         name,
         pretrained,
@@ -101,6 +102,12 @@ def _build(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
         pretrained_strict=False,
         **kwargs,
     )
+    if not kwargs.get("features_only"):
+        # pool_size is forward_features' map at input_size: the tiny-image stem (small_input) doubles it.
+        _, height, width = model.pretrained_cfg["input_size"]
+        stride = model.feature_info[-1]["reduction"]
+        model.pretrained_cfg["pool_size"] = (math.ceil(height / stride), math.ceil(width / stride))
+    return model
 
 
 def _entrypoint(name: str) -> Callable[..., nn.Module]:

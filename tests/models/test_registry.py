@@ -31,11 +31,11 @@ def test_unknown_name_suggests_valid_names() -> None:
         create_model("shufflenet_v1_g3_x0_7")
 
 
-@pytest.mark.parametrize("bad", [0, -3, 2.5])
+@pytest.mark.parametrize("bad", [-1, -3, 2.5])
 def test_bad_num_classes(bad) -> None:
-    with pytest.raises(ValueError, match="num_classes must be an integer >= 1"):
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 0"):
         create_model("shufflenet_v2_x0_5", num_classes=bad)
-    with pytest.raises(ValueError, match="num_classes must be an integer >= 1"):
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 0"):
         create_model("shufflenet_v2_x0_5").reset_classifier(bad)
 
 

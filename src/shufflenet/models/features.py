@@ -17,15 +17,19 @@ selected), so a full checkpoint's weights load into it once the extra keys are l
 ``FeatureListNet`` wrapped around the same model holds the same keys.
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from copy import deepcopy
 from typing import Any
 
+# No `from __future__ import annotations` in models/: torch.fx copies forward's annotations into the
+# code it generates, and TorchScript cannot resolve them as strings (FX then torch.jit.script fails).
+import torch
 from torch import Tensor, nn
 
 from shufflenet.models.ops import check_input
+
+# torch.fx.wrap patches a name in the module that calls it: this module's check_input is a traced leaf too.
+torch.fx.wrap("check_input")
 
 # Module whose output is level i; the stem's conv1 runs before level 0.
 FEATURE_MODULES: tuple[str, ...] = ("maxpool", "stage2", "stage3", "stage4", "conv5")
@@ -93,7 +97,7 @@ class FeatureInfo:
         self.info = info
         self.out_indices = tuple(out_indices)
 
-    def from_other(self, out_indices: Sequence[int]) -> FeatureInfo:
+    def from_other(self, out_indices: Sequence[int]) -> "FeatureInfo":
         """The same levels with another selection."""
         return FeatureInfo(deepcopy(self.info), out_indices)
 
@@ -152,7 +156,7 @@ class ShuffleNetFeatures(nn.Module):
     def forward(self, x: Tensor) -> list[Tensor]:
         """Feature maps of the selected levels, shallowest first: (N, channels[i], H/stride[i], W/stride[i])."""
         check_input(x, self.in_chans)
-        features = []
+        features: list[Tensor] = []
         for name, module in self.named_children():
             x = module(x)
             if name in self.return_modules:

@@ -17,13 +17,20 @@ within-group relabelling of the paper order reproduces them; see docs/pretrained
 files convert onto the paper order.
 """
 
-from __future__ import annotations
-
 import torch
 from torch import Tensor, nn
 
 from shufflenet import tables
-from shufflenet.models.ops import ClassifierMixin, channel_shuffle, check_num_classes, conv_bn, make_divisible, stem
+from shufflenet.models.ops import (
+    ClassifierMixin,
+    channel_shuffle,
+    check_global_pool,
+    check_num_classes,
+    classifier,
+    conv_bn,
+    make_divisible,
+    stem,
+)
 
 SHUFFLE_ORDERS = ("paper", "megvii")
 
@@ -64,8 +71,11 @@ class ShuffleUnit(nn.Module):
         self.stride = stride
         self.groups = groups
         self.shuffle_order = shuffle_order
-        main_out = out_channels - in_channels if stride == 2 else out_channels
         bottleneck = out_channels // tables.V1_BOTTLENECK_RATIO
+        # Reshaping to (C/g, g) before the transpose (megvii) is channel_shuffle with C/g groups: the inverse.
+        # Fixed here, from the channel count, so forward has no shape arithmetic (torch.fx, TorchScript).
+        self.shuffle_groups = bottleneck // groups if shuffle_order == "megvii" else groups
+        main_out = out_channels - in_channels if stride == 2 else out_channels
         first_groups = groups if group_first_conv else 1
         for name, value in (("input", in_channels), ("bottleneck", bottleneck), ("main-branch output", main_out)):
             if value <= 0 or value % groups:
@@ -87,10 +97,7 @@ class ShuffleUnit(nn.Module):
         """The channel shuffle between the first 1x1 conv and the depthwise conv, in ``shuffle_order``."""
         if self.groups == 1:
             return x
-        if self.shuffle_order == "megvii":
-            # Reshaping to (C/g, g) before the transpose is channel_shuffle with C/g groups: the inverse.
-            return channel_shuffle(x, x.shape[1] // self.groups)
-        return channel_shuffle(x, self.groups)
+        return channel_shuffle(x, self.shuffle_groups)
 
 
 class ShuffleNetV1(ClassifierMixin, nn.Module):
@@ -104,6 +111,7 @@ class ShuffleNetV1(ClassifierMixin, nn.Module):
         in_chans: int = 3,
         shuffle_order: str = "paper",
         small_input: bool = False,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         check_num_classes(num_classes)
@@ -130,8 +138,10 @@ class ShuffleNetV1(ClassifierMixin, nn.Module):
             ]
             setattr(self, f"stage{stage}", nn.Sequential(*units))
             in_channels = out_channels
-        self.num_features = in_channels
-        self.fc = nn.Linear(in_channels, num_classes)
+        # timm's names: num_features (channels of forward_features), head_hidden_size (of pre_logits).
+        self.num_features = self.head_hidden_size = in_channels
+        self.global_pool = check_global_pool(global_pool)
+        self.fc = classifier(in_channels, num_classes)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Feature map after stage 4 (N, num_features, H/32, W/32; H/16 with small_input)."""

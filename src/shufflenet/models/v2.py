@@ -3,8 +3,6 @@
 A torchvision ``.pth`` therefore loads with ``strict=True`` and gives identical outputs.
 """
 
-from __future__ import annotations
-
 import torch
 from torch import Tensor, nn
 
@@ -12,7 +10,9 @@ from shufflenet import tables
 from shufflenet.models.ops import (
     ClassifierMixin,
     channel_shuffle,
+    check_global_pool,
     check_num_classes,
+    classifier,
     conv_bn,
     interleave_channels,
     stem,
@@ -75,6 +75,7 @@ class ShuffleNetV2(ClassifierMixin, nn.Module):
         in_chans: int = 3,
         stages_repeats: tuple[int, int, int] = tables.V2_STAGE_REPEATS,
         small_input: bool = False,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         check_num_classes(num_classes)
@@ -102,8 +103,10 @@ class ShuffleNetV2(ClassifierMixin, nn.Module):
             setattr(self, f"stage{stage}", nn.Sequential(*units))
             in_channels = out_channels
         self.conv5 = conv_bn(in_channels, channels[4], 1)
-        self.num_features = channels[4]
-        self.fc = nn.Linear(channels[4], num_classes)
+        # timm's names: num_features (channels of forward_features), head_hidden_size (of pre_logits).
+        self.num_features = self.head_hidden_size = channels[4]
+        self.global_pool = check_global_pool(global_pool)
+        self.fc = classifier(channels[4], num_classes)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Feature map after conv5 (N, num_features, H/32, W/32; H/16 with small_input)."""
