@@ -15,13 +15,11 @@ Two departures that change no output at 224x224: global average pooling is a mea
 ``nn.Hardsigmoid`` (``x * relu6(x + 3) / 6``, ``relu6(x + 3) / 6``: their ``clamp(x + 3, 0, 6) / 6``).
 """
 
-from __future__ import annotations
-
 import torch
 from torch import Tensor, nn
 
 from shufflenet import tables
-from shufflenet.models.ops import ClassifierMixin, channel_shuffle, check_num_classes, conv_bn
+from shufflenet.models.ops import ClassifierMixin, channel_shuffle, check_global_pool, check_num_classes, conv_bn
 
 
 def _activation(hswish: bool) -> nn.Module:
@@ -119,6 +117,7 @@ class ShuffleNetV2Plus(ClassifierMixin, nn.Module):
         num_classes: int = 1000,
         in_chans: int = 3,
         drop_rate: float = tables.V2_PLUS_DROPOUT,
+        global_pool: str = "avg",
         architecture: tuple[int, ...] = tables.V2_PLUS_ARCHITECTURE,
         small_input: bool = False,
     ) -> None:
@@ -168,8 +167,10 @@ class ShuffleNetV2Plus(ClassifierMixin, nn.Module):
         self.head_se = SqueezeExcite(head)
         self.head_linear = nn.Sequential(nn.Linear(head, head, bias=False), nn.Hardswish())
         self.dropout = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(head, num_classes, bias=False)
+        self.global_pool = check_global_pool(global_pool)
         self._initialize_weights()
+        # The classifier last, so that its class count (0: none) changes no other initial weight of a seeded model.
+        self.reset_classifier(num_classes)
 
     def _initialize_weights(self) -> None:
         """megvii's initialisation: conv N(0, 1/fan_in) (stem and SE convs N(0, 0.01)), linear N(0, 0.01),
@@ -194,16 +195,32 @@ class ShuffleNetV2Plus(ClassifierMixin, nn.Module):
         return self.conv5(x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Global mean, SE, the 1280 -> 1280 linear with h-swish (``pre_logits`` stops here), dropout, fc."""
+        """Global mean, SE, the 1280 -> 1280 linear with h-swish (``pre_logits`` stops here), dropout, fc.
+
+        With ``global_pool=""`` (timm's "no pooling") the head is skipped and the feature map returned: its SE
+        and linear work on pooled features only.
+        """
+        if self.global_pool == "":
+            return x
         x = self.head_se(x.mean((2, 3), keepdim=True)).flatten(1)
         x = self.head_linear(x)
         if pre_logits:
             return x
         return self.fc(self.dropout(x))
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a fresh bias-free one (as megvii's) for ``num_classes`` outputs."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A fresh bias-free classifier (megvii's N(0, 0.01)) for ``num_classes`` outputs (0: none); timm's pools."""
         check_num_classes(num_classes)
-        self.fc = nn.Linear(self.head_hidden_size, num_classes, bias=False, device=self.fc.weight.device)
-        nn.init.normal_(self.fc.weight, 0, 0.01)
+        if global_pool is not None:
+            self.global_pool = check_global_pool(global_pool)
+        self.fc = _classifier(self.head_hidden_size, num_classes, device=self.conv1[0].weight.device)
+        if isinstance(self.fc, nn.Linear):
+            nn.init.normal_(self.fc.weight, 0, 0.01)
         self.num_classes = num_classes
+
+
+def _classifier(features: int, num_classes: int, device: torch.device | None = None) -> nn.Module:
+    """megvii's bias-free classifier; ``nn.Identity`` for ``num_classes=0`` (timm's convention)."""
+    if num_classes == 0:
+        return nn.Identity()
+    return nn.Linear(features, num_classes, bias=False, device=device)
