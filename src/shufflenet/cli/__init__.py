@@ -14,7 +14,19 @@ import sys
 from shufflenet import __version__
 
 # Subcommand modules, in the order `shufflenet --help` lists them.
-SUBCOMMANDS = ["models", "guidelines", "convert", "train", "evaluate", "predict", "export", "quantize", "bench", "demo"]
+SUBCOMMANDS = [
+    "models",
+    "guidelines",
+    "convert",
+    "train",
+    "evaluate",
+    "predict",
+    "export",
+    "quantize",
+    "bench",
+    "serve",
+    "demo",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
