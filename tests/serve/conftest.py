@@ -14,29 +14,37 @@ pytest.importorskip("prometheus_client", reason="shufflenet serve needs the [ser
 
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """best.pt of x0_5 trained 2 epochs at 32 px on scikit-learn's 1,797 real digit scans (PNG folders)."""
+    """best.pt of x0_5 trained 2 epochs at 32 px on scikit-learn's 1,797 real digit scans (PNG folders).
+
+    Trained once per test session: xdist workers share it through their common base folder and a lock.
+    """
+    from filelock import FileLock
+
     from shufflenet.data import make_digits_dataset
     from shufflenet.training import train
 
-    root = tmp_path_factory.mktemp("serve-digits")
-    data = make_digits_dataset(root / "data", image_size=32, layout="train/val")
-    train(
-        data=str(data),
-        out=str(root / "run"),
-        overwrite=True,
-        progress=False,
-        model="shufflenet_v2_x0_5",
-        img_size=32,
-        epochs=2,
-        batch_size=64,
-        lr=5e-3,
-        crop_scale=0.6,
-        hflip=False,
-        threads=1,
-        workers=0,
-        device="cpu",
-        seed=0,
-    )
+    root = tmp_path_factory.getbasetemp().parent / "serve-digits"
+    with FileLock(f"{root}.lock"):
+        if (root / "run" / "best.pt").is_file():
+            return root / "run"
+        data = make_digits_dataset(root / "data", image_size=32, layout="train/val")
+        train(
+            data=str(data),
+            out=str(root / "run"),
+            overwrite=True,
+            progress=False,
+            model="shufflenet_v2_x0_5",
+            img_size=32,
+            epochs=2,
+            batch_size=64,
+            lr=5e-3,
+            crop_scale=0.6,
+            hflip=False,
+            threads=1,
+            workers=0,
+            device="cpu",
+            seed=0,
+        )
     return root / "run"
 
 
