@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,8 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from shufflenet.data import make_digits_dataset
     from shufflenet.training import train
 
-    root = tmp_path_factory.getbasetemp().parent / "serve-digits"
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "serve-digits"
     with FileLock(f"{root}.lock"):
         if (root / "run" / "best.pt").is_file():
             return root / "run"
