@@ -13,7 +13,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH_PINS)
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e '.[serve]' $(TORCH_PINS)  # serve: so `shufflenet serve` works after `make demo`
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
