@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # This machine installs these two from local disk; other torch builds do not import beside PyPI's torchvision.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint format clean
+.PHONY: demo test lint format clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH_PINS)
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e '.[serve]' $(TORCH_PINS)  # serve: so `shufflenet serve` works after `make demo`
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
@@ -23,7 +23,15 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/shufflenet demo
 
-test: $(VENV)/.installed-dev
+# The serve page test drives Debian's chromium + chromedriver (a test tool's own browser download cannot work
+# offline); installed with apt when missing. Without root or apt the test skips and says why.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo -n); \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	  echo "make: could not install chromium with apt; the serve page test will skip"
+
+test: $(VENV)/.installed-dev browser
 	$(BIN)/ruff check src tests benchmarks hubconf.py
 	$(BIN)/ruff format --check src tests benchmarks hubconf.py
 	$(BIN)/pytest -m signals -p no:xdist

@@ -25,6 +25,7 @@ SUBCOMMANDS = [
     "export",
     "quantize",
     "bench",
+    "serve",
     "demo",
 ]
 

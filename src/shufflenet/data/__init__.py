@@ -15,7 +15,16 @@ from __future__ import annotations
 from shufflenet.data.datasets import DataBundle, ImageFolderDataset, build_datasets, detect_layout, logger
 from shufflenet.data.digits import make_digits_dataset
 from shufflenet.data.folders import list_image_paths, scan_image_folder
-from shufflenet.data.images import IMAGE_EXTENSIONS, BadImageError, Sample, is_image_file, load_image, verify_images
+from shufflenet.data.images import (
+    IMAGE_EXTENSIONS,
+    BadImageError,
+    ImageTooLargeError,
+    Sample,
+    decode_image,
+    is_image_file,
+    load_image,
+    verify_images,
+)
 from shufflenet.data.splits import (
     LAYOUT_SPLIT,
     LAYOUT_TRAIN_VAL,
@@ -35,8 +44,10 @@ __all__ = [
     "BadImageError",
     "DataBundle",
     "ImageFolderDataset",
+    "ImageTooLargeError",
     "Sample",
     "build_datasets",
+    "decode_image",
     "detect_layout",
     "is_image_file",
     "list_image_paths",

@@ -10,7 +10,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -44,6 +44,10 @@ def is_image_file(path: str | Path) -> bool:
 # --------------------------------------------------------------------------------------------- decoding
 
 
+class ImageTooLargeError(BadImageError):
+    """An image whose header declares more pixels than allowed (a decompression bomb), refused before decoding."""
+
+
 def load_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
     """Open and fully decode an image file as 8-bit RGB; raises :class:`BadImageError` when it cannot.
 
@@ -57,20 +61,37 @@ def load_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
         raise BadImageError(path, f"cannot stat file ({exc.strerror or exc})") from None
     if size == 0:
         raise BadImageError(path, "zero-byte file")
+    # Opening from our own file object keeps the decoded pixels valid after the file is closed.
+    with open(path, "rb") as f:
+        return decode_image(f, path, draft_size)
+
+
+def decode_image(
+    file: BinaryIO, source: str | Path, draft_size: int | None = None, max_pixels: int | None = None
+) -> Image.Image:
+    """Decode an open image file (or BytesIO) named ``source`` in errors as 8-bit RGB, or raise BadImageError.
+
+    ``max_pixels`` refuses, from the header alone and before any pixel is decoded, an image with more pixels
+    (:class:`ImageTooLargeError`): a small file can declare gigapixels (a decompression bomb).
+    """
     try:
-        # Opening from our own file object keeps the decoded pixels valid after the file is closed.
-        with open(path, "rb") as f:
-            im = Image.open(f)
-            if draft_size and im.format == "JPEG":
-                im.draft(None, (draft_size, draft_size))
-            im.load()  # raises on truncated data (PIL's LOAD_TRUNCATED_IMAGES stays False)
+        im = Image.open(file)
+        if max_pixels is not None and im.width * im.height > max_pixels:
+            raise ImageTooLargeError(
+                source, f"{im.width}x{im.height} is {im.width * im.height} pixels, over the limit of {max_pixels}"
+            )
+        if draft_size and im.format == "JPEG":
+            im.draft(None, (draft_size, draft_size))
+        im.load()  # raises on truncated data (PIL's LOAD_TRUNCATED_IMAGES stays False)
     except Image.UnidentifiedImageError:
-        raise BadImageError(path, "not an image (unknown format or corrupt header)") from None
+        raise BadImageError(source, "not an image (unknown format or corrupt header)") from None
     except Image.DecompressionBombError as exc:
-        raise BadImageError(path, f"too large to decode safely ({exc})") from None
+        raise ImageTooLargeError(source, f"too large to decode safely ({exc})") from None
+    except BadImageError:
+        raise
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
         # PIL reports truncated/corrupt data with several exception types depending on the codec.
-        raise BadImageError(path, f"corrupt or truncated image data ({exc})") from None
+        raise BadImageError(source, f"corrupt or truncated image data ({exc})") from None
     try:
         orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
     except Exception:  # a broken EXIF block should not cost the picture
@@ -80,7 +101,7 @@ def load_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
     try:
         out = _to_rgb(im)
     except (OSError, ValueError) as exc:
-        raise BadImageError(path, f"cannot convert mode {im.mode} to RGB ({exc})") from None
+        raise BadImageError(source, f"cannot convert mode {im.mode} to RGB ({exc})") from None
     return out
 
 

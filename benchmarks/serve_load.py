@@ -1,0 +1,192 @@
+"""`shufflenet serve` under load on loopback: the runtime alone vs the HTTP service, batching on and off.
+
+One run measures, side by side on this machine:
+  * the runtime alone (the same compiled runner the service uses) at batch 1 and 16: latency and img/s;
+  * the service with 1, 8 and 64 concurrent keep-alive clients, dynamic batching on (batches of <= 16 within
+    --delay-ms) and off (--max-batch-size 1): img/s and p50/p95/p99 latency per request (one image each);
+  * a mixed run: 64 clients, every other request a bad one (garbage, wrong type, truncated); good ones must
+    all succeed.
+Every phase runs a fixed time (--seconds), so the whole script is bounded; servers listen on 127.0.0.1 only.
+The clients are asyncio streams in this process: they share the CPU with the server, as real local load would.
+
+    PYTHONPATH=src python benchmarks/serve_load.py [--weights RUN/best.pt] [--arch shufflenet_v2_x1_0 --size 224]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from shufflenet.serve.model import cpu_cores, load_served_model
+
+HYMENOPTERA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera_data"
+
+
+def make_weights(arch: str, size: int, folder: Path) -> Path:
+    """A seeded checkpoint of ``arch`` at ``size`` px (speed does not depend on the weights' values)."""
+    from shufflenet.checkpoints.files import make_checkpoint, save_checkpoint
+    from shufflenet.models import create_model
+    from shufflenet.transforms import Preprocessing
+
+    torch.manual_seed(0)
+    model = create_model(arch, num_classes=2)
+    checkpoint = make_checkpoint(model, arch, ["ants", "bees"], Preprocessing.for_size(size), val_acc=-1.0)
+    return save_checkpoint(folder / "bench.pt", checkpoint)
+
+
+def image_bodies(size: int, count: int = 16) -> list[bytes]:
+    """JPEG bodies: real photos (hymenoptera) when present, else seeded noise, about ``size`` px on the short side."""
+    photos = sorted(HYMENOPTERA.glob("val/*/*.jpg"))[:count] if HYMENOPTERA.is_dir() else []
+    images = [Image.open(p).convert("RGB") for p in photos]
+    if not images:
+        torch.manual_seed(0)
+        images = [Image.fromarray((torch.rand(size + 32, size + 64, 3) * 255).byte().numpy()) for _ in range(count)]
+    bodies = []
+    for image in images:
+        image.thumbnail((2 * size, 2 * size))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=90)
+        bodies.append(buffer.getvalue())
+    return bodies
+
+
+def time_runtime(runner, size: int, batch: int, seconds: float) -> dict:
+    x = torch.randn(batch, 3, size, size)
+    for _ in range(3):
+        runner(x)
+    times, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        started = time.perf_counter()
+        runner(x)
+        times.append(time.perf_counter() - started)
+    return summary(times, batch * len(times) / sum(times))
+
+
+def summary(latencies: list[float], images_per_s: float, failed: int = 0) -> dict:
+    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
+    return {"img/s": images_per_s, "p50": q[49] * 1e3, "p95": q[94] * 1e3, "p99": q[98] * 1e3, "n": len(latencies)}
+
+
+async def client(port: int, bodies: list, end: float, latencies: list, failures: list, offset: int) -> None:
+    """One keep-alive HTTP/1.1 connection posting bodies until ``end``; good answers must be 200."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    i = offset
+    while time.perf_counter() < end:
+        content_type, body, good = bodies[i % len(bodies)]
+        i += 1
+        head = f"POST /v1/classify?top_k=1 HTTP/1.1\r\nHost: b\r\nContent-Type: {content_type}\r\n"
+        started = time.perf_counter()
+        writer.write(head.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        status_line = await reader.readline()
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        await reader.readexactly(length)
+        status = int(status_line.split()[1])
+        if good:
+            latencies.append(time.perf_counter() - started)
+            if status != 200:
+                failures.append(status)
+        elif status < 400 or status >= 500:
+            failures.append(status)
+    writer.close()
+
+
+async def load(port: int, clients: int, bodies: list, seconds: float) -> dict:
+    warm_end = time.perf_counter() + 1.0
+    await asyncio.gather(*(client(port, bodies, warm_end, [], [], c) for c in range(clients)))
+    latencies, failures = [], []
+    started = time.perf_counter()
+    end = started + seconds
+    await asyncio.gather(*(client(port, bodies, end, latencies, failures, c) for c in range(clients)))
+    result = summary(latencies, len(latencies) / (time.perf_counter() - started))
+    result["failed"] = len(failures)
+    return result
+
+
+def start_server(weights: Path, backend: str, batch: int, delay_ms: float) -> tuple[subprocess.Popen, int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "shufflenet", "serve", "--weights", str(weights), "--port", str(port)]
+    command += ["--backend", backend, "--max-batch-size", str(batch), "--max-batch-delay-ms", str(delay_ms)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(600):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return proc, port
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("the server did not become ready in 2 minutes")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--weights", help="a checkpoint (default: a seeded --arch at --size)")
+    parser.add_argument("--arch", default="shufflenet_v2_x1_0")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--backend", default="auto", help="runtime for both (auto: the race's pick, used for both)")
+    parser.add_argument("--delay-ms", type=float, default=5.0)
+    parser.add_argument("--seconds", type=float, default=4.0, help="per phase")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(args.weights) if args.weights else make_weights(args.arch, args.size, Path(tmp))
+        threads = cpu_cores()
+        served = load_served_model(weights, args.backend, threads, 16)
+        size = served.runner.preprocessing.crop_size
+        backend = served.runner.backend
+        rows = [(f"runtime alone, batch {b}", time_runtime(served.runner, size, b, args.seconds)) for b in (1, 16)]
+        del served
+        good = [("image/jpeg", body, True) for body in image_bodies(size)]
+        bad = [("image/jpeg", b"\xff\xd8 not really", False), ("text/plain", b"hello", False)]
+        bad.append(("image/jpeg", good[0][1][: len(good[0][1]) // 3], False))
+        for batching, batch in (("on", 16), ("off", 1)):
+            proc, port = start_server(weights, backend, batch, args.delay_ms)
+            try:
+                for clients in (1, 8, 64):
+                    result = asyncio.run(load(port, clients, good, args.seconds))
+                    rows.append((f"server, {clients} clients, batching {batching}", result))
+                if batching == "on":
+                    mixed = [item for pair in zip(good, bad * 6, strict=False) for item in pair]
+                    rows.append(("server, 64 clients, half bad", asyncio.run(load(port, 64, mixed, args.seconds))))
+            finally:
+                proc.terminate()
+                proc.wait(60)
+
+    cpu = platform.processor() or platform.machine()
+    info = Path("/proc/cpuinfo")
+    names = [ln.split(":", 1)[1].strip() for ln in info.read_text().splitlines() if ln.startswith("model name")]
+    cpu = names[0] if names else cpu
+    print(f"{weights.name if args.weights else args.arch} at {size} px, backend {backend}, {threads} runtime threads")
+    print(f"CPU: {cpu}, {cpu_cores()} cores; torch {torch.__version__}; batch window {args.delay_ms} ms\n")
+    print("| run | img/s | p50 ms | p95 ms | p99 ms | good requests | failed |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, r in rows:
+        failed = r.get("failed", "")
+        print(f"| {name} | {r['img/s']:.0f} | {r['p50']:.1f} | {r['p95']:.1f} | {r['p99']:.1f} | {r['n']} | {failed} |")
+    by_name = dict(rows)
+    ratio = by_name["server, 64 clients, batching on"]["img/s"] / by_name["runtime alone, batch 16"]["img/s"]
+    gap = by_name["server, 1 clients, batching on"]["p50"] - by_name["runtime alone, batch 1"]["p50"]
+    print(f"\n64 clients / runtime batch 16: {ratio:.0%} (target >= 70 %)")
+    print(f"1 client p50 - runtime batch-1 p50: {gap:+.1f} ms (target <= 3 ms)")
+
+
+if __name__ == "__main__":
+    main()

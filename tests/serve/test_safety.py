@@ -1,0 +1,97 @@
+"""Back-pressure, time limits, the API key, readiness and draining on SIGTERM, on real `shufflenet serve` processes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from serve.helpers import API_KEY, start_server, wait_ready
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+@pytest.fixture(scope="module")
+def servers(digits_run: Path, tmp_path: Path):
+    """Two services started side by side (their start-ups overlap).
+
+    tight: a 3 s batch window, batches of 64, room for 4 waiting images, 1.5 s per request, and an API key;
+    draining: a 3 s batch window, for SIGTERM.
+    """
+    key_file = tmp_path / "api.key"
+    key_file.write_text(API_KEY + "\n")
+    options = ["--max-batch-size", "64", "--max-batch-delay-ms", "3000", "--max-queue", "4", "--timeout-s", "1.5"]
+    tight = start_server(digits_run / "best.pt", tmp_path, *options, "--api-key-file", str(key_file), wait=False)
+    options = ["--max-batch-size", "64", "--max-batch-delay-ms", "3000"]
+    draining = start_server(digits_run / "best.pt", tmp_path, *options, wait=False)
+    try:
+        yield {"tight": wait_ready(tight), "draining": wait_ready(draining)}
+    finally:
+        tight.stop()
+        draining.stop()
+
+
+@pytest.fixture(scope="module")
+def tight_server(servers):
+    return servers["tight"]
+
+
+@pytest.fixture(scope="module")
+def tmp_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("serve-safety")
+
+
+def test_readiness_is_503_until_loaded_and_warmed_up(tight_server):
+    assert tight_server.ready_statuses[0] == 503 and tight_server.ready_statuses[-1] == 200
+    assert "ready: shufflenet_v2_x0_5 as torch/fp32" in tight_server.log.read_text()
+
+
+def test_api_key(tight_server, val_images):
+    good = val_images[0].read_bytes()
+    for headers in ({}, {"Authorization": "Bearer wrong-key-wrong-key-wrong"}, {"Authorization": f"Basic {API_KEY}"}):
+        status, head, answer = tight_server.classify(good, **headers)
+        assert (status, answer["error"], head["www-authenticate"]) == (401, "unauthorized", "Bearer")
+        assert tight_server.request("GET", "/v1/model", headers=headers)[0] == 401
+    status, _, body = tight_server.request("GET", "/v1/model", headers=AUTH)
+    assert status == 200 and json.loads(body)["num_classes"] == 10
+    assert tight_server.request("GET", "/readyz")[0] == 200  # probes need no key
+
+
+def test_full_queue_is_503_with_retry_after_and_slow_requests_time_out(tight_server, val_images):
+    good = val_images[0].read_bytes()
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: tight_server.classify(good, **AUTH), range(6)))
+    statuses = sorted(status for status, _, _ in answers)
+    # 4 images wait for a batch that fills only after 3 s: the queue refuses 2, the 4 time out at 1.5 s
+    assert statuses == [503, 503, 504, 504, 504, 504]
+    for status, head, answer in answers:
+        assert answer["error"] == {503: "queue_full", 504: "timeout"}[status]
+        if status == 503:
+            assert head["retry-after"] == "1"
+    # the timed-out images left the queue: there is room again
+    assert tight_server.classify(good, **AUTH)[0] == 504
+    assert tight_server.metric('shufflenet_rejections_total{reason="queue_full"}') == 2
+
+
+def test_sigterm_drains_accepted_requests(servers, val_images):
+    """SIGTERM while 8 requests wait in a 3 s batch window: every one is answered 200, then the process exits."""
+    server = servers["draining"]
+    bodies = [p.read_bytes() for p in val_images[:8]]
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(server.classify, body) for body in bodies]
+        for _ in range(100):  # until all 8 wait in the queue
+            if server.metric("shufflenet_queue_depth") == 8:
+                break
+            time.sleep(0.05)
+        assert server.metric("shufflenet_queue_depth") == 8
+        server.proc.send_signal(signal.SIGTERM)
+        answers = [f.result(timeout=30) for f in futures]
+    assert [status for status, _, _ in answers] == [200] * 8
+    assert all(answer["batch_sizes"] == [8] for _, _, answer in answers)
+    # uvicorn re-raises the signal it handled once it has shut down cleanly, so the exit is SIGTERM's
+    assert server.proc.wait(30) in (0, -signal.SIGTERM)
+    assert "shutting down: finishing" in server.log.read_text()
