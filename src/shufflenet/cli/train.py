@@ -65,6 +65,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _add_optimization_options(parser: argparse._ArgumentGroup) -> None:
     d = DEFAULTS
     parser.add_argument("--epochs", type=int, help="total epochs (recipe's)")
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="MINUTES",
+        help="fit the epochs to this wall-clock budget from the measured speed of a few steps (instead of --epochs)",
+    )
     parser.add_argument("--batch-size", type=int, help="images per step and process (recipe's)")
     parser.add_argument("--lr", type=float, help="learning rate (recipe's)")
     parser.add_argument("--optimizer", choices=OPTIMIZERS, help="recipe's")
@@ -81,7 +87,9 @@ def _add_optimization_options(parser: argparse._ArgumentGroup) -> None:
 
 def _add_augmentation_options(parser: argparse._ArgumentGroup) -> None:
     d = DEFAULTS
-    parser.add_argument("--img-size", type=int, help=f"training crop size S (default {d.img_size})")
+    parser.add_argument(
+        "--img-size", type=int, help=f"training crop size S (default: scratch fits it to the images, else {d.img_size})"
+    )
     parser.add_argument("--eval-size", type=int, help="validation crop size (default: S)")
     parser.add_argument(
         "--eval-crop", type=float, metavar="PCT", help="validation keeps PCT of the resized image (crop_pct; recipe's)"

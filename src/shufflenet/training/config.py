@@ -52,6 +52,7 @@ class TrainConfig:
     freeze_backbone: bool = False  # train the classifier only (linear evaluation)
     small_input: bool = False  # the tiny-image stem (no max-pool, models' small_input) for 32-64 px images
     epochs: int = 5
+    time_budget: float | None = None  # minutes: the epochs fitted to it from measured steps (replaces epochs)
     batch_size: int = 32  # per process under torchrun
     lr: float = 1e-4
     optimizer: str = "adam"
@@ -72,6 +73,7 @@ class TrainConfig:
     mixup_alpha: float = 0.0  # MixUp's Beta(alpha, alpha) on batches (0: off)
     cutmix_alpha: float = 0.0  # CutMix's; with both, each batch gets one of the two
     ema_epochs: float = 0.0  # time constant, in epochs, of an EMA of the weights (0: no EMA)
+    chosen: dict[str, str] | None = None  # why the recipe chose each value it fitted to the images, data, budget
     val_split: float = 0.2
     seed: int = 0
     device: str = "auto"  # auto: cuda, then mps, then cpu
@@ -101,6 +103,8 @@ class TrainConfig:
         for name, value in positive.items():
             if not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value!r}")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise ValueError(f"time_budget must be > 0 minutes, got {self.time_budget!r}")
         if self.img_size < 16:
             raise ValueError(f"img_size must be >= 16 pixels, got {self.img_size}")
         if not 0.0 <= self.label_smoothing < 1.0:

@@ -33,7 +33,7 @@ from shufflenet.training.elastic import resolve_auto_resume
 from shufflenet.training.ema import build_ema, ema_state, restore_ema
 from shufflenet.training.loaders import FitToData, TrainData, build_data
 from shufflenet.training.optim import build_optimizer, build_scheduler
-from shufflenet.training.recipes import fit_recipe_to_data, resolve_recipe
+from shufflenet.training.recipes import plan_run
 from shufflenet.training.signals import StopRequest
 from shufflenet.training.state import (
     ResumePoint,
@@ -98,8 +98,8 @@ def _train(cfg: TrainConfig, explicit: set[str], dist: Distributed, stop: StopRe
         resume_from = read_last_checkpoint(run_dir)
         cfg, ignored = resumed_config(resume_from, cfg, explicit)  # keeps the run's recipe and its values
     else:
-        cfg, notes = resolve_recipe(cfg, explicit)
-        fit = partial(fit_recipe_to_data, explicit=explicit)  # batch size and epochs for the training-set size
+        # image size from the images; batch, epochs and regularisation for the training set and the budget
+        cfg, notes, fit = plan_run(cfg, explicit, dist.device)
         run_folder.check_new_run_dir(run_dir, cfg.overwrite)
     notes = [*auto_notes, *notes]
     if cfg.data is None:

@@ -11,19 +11,29 @@ classification reference, for GPUs. Without ``--recipe``: ``finetune`` when ``--
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Set
+import math
+from collections.abc import Callable, Set
+from functools import partial
 from typing import Any
 
+import torch
+
+from shufflenet.training import budget
 from shufflenet.training.config import TrainConfig
 
 __all__ = [
+    "BUDGET_RULES",
     "RECIPES",
     "RECIPE_KEYS",
     "SCRATCH_MIN_STEPS",
+    "budget_regularisation",
+    "epochs_for_minutes",
     "fit_recipe_to_data",
+    "plan_run",
     "recipe_record",
     "recipe_values",
     "resolve_recipe",
+    "size_for_images",
 ]
 
 # The options every recipe sets (so that switching recipes leaves nothing of another behind).
@@ -133,12 +143,76 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
 }
 
+# Size from the images (scratch without --img-size): their median short side to a multiple of IMG_SIZE_STEP,
+# within IMG_SIZE_RANGE. Training above the images' own size upsamples them: more pixels, no more detail.
+IMG_SIZE_STEP = 32
+IMG_SIZE_RANGE = (32, 224)
+# Fine-tuning keeps ImageNet's 224 (the weights' scale) and says what it costs when the images' short side is
+# below 224 / UPSAMPLE_NOTE.
+UPSAMPLE_NOTE = 2.0
+
+# Regularisation from the budget actually given (scratch): the passes over the training set (epochs, whether
+# the user fixed them or the recipe did) pick a row; crop_scale is (crops <= TINY_IMAGE_SIZE, larger crops);
+# ema_share is the EMA's time constant as a share of the epochs (0: no EMA). "medium" is the scratch recipe as
+# measured at 15-19 epochs (docs/training.md); a short budget cannot afford the strong crops, smoothing and decay
+# that keep a long one from memorising (issue 23: 6 passes over 6,000 images left training accuracy at 0.75).
+# "long" adds only the EMA (it changes no training step); stronger crops there are left to measurement. The
+# short row reaches to 12 passes: on the digits at 10 passes it beat the medium row by 3.6 points (1 seed).
+BUDGET_RULES: tuple[dict[str, Any], ...] = (
+    {
+        "budget": "short",
+        "up_to_passes": 12,
+        "crop_scale": (0.6, 0.5),
+        "label_smoothing": 0.0,
+        "weight_decay": 0.01,
+        "mixup_alpha": 0.0,
+        "cutmix_alpha": 0.0,
+        "ema_share": 0.0,
+    },
+    {
+        "budget": "medium",
+        "up_to_passes": 25,
+        "crop_scale": (0.35, 0.25),
+        "label_smoothing": 0.1,
+        "weight_decay": 0.05,
+        "mixup_alpha": 0.0,
+        "cutmix_alpha": 0.0,
+        "ema_share": 0.0,
+    },
+    {
+        "budget": "long",
+        "up_to_passes": math.inf,
+        "crop_scale": (0.35, 0.25),
+        "label_smoothing": 0.1,
+        "weight_decay": 0.05,
+        "mixup_alpha": 0.0,
+        "cutmix_alpha": 0.0,
+        "ema_share": 0.1,
+    },
+)
+# Images per class move the row: a small set is memorised sooner (one row stronger), a large one regularises
+# itself (one row lighter).
+FEW_IMAGES_PER_CLASS = 100
+MANY_IMAGES_PER_CLASS = 1000
+BUDGET_KEYS = ("crop_scale", "label_smoothing", "weight_decay", "mixup_alpha", "cutmix_alpha", "ema_epochs")
+# --time-budget: the model steps' measured time times this is an epoch (validation, data loading, checkpoints),
+# and the epochs fill at most this share of the minutes given.
+EPOCH_OVERHEAD = 1.3
+TIME_BUDGET_SHARE = 0.9
+
 
 def recipe_values(
-    name: str, img_size: int, train_images: int | None = None, world_size: int = 1, batch_size: int | None = None
+    name: str,
+    img_size: int,
+    train_images: int | None = None,
+    world_size: int = 1,
+    batch_size: int | None = None,
+    epochs: int | None = None,
+    num_classes: int | None = None,
 ) -> dict[str, Any]:
     """The options recipe ``name`` sets, for ``img_size``-pixel crops and (when known) ``train_images`` training
-    images split over ``world_size`` processes, trained at ``batch_size`` (default: the recipe's)."""
+    images of ``num_classes`` classes split over ``world_size`` processes, trained at ``batch_size`` (default:
+    the recipe's) for ``epochs`` (default: the recipe's)."""
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
     values = dict(RECIPES[name])
@@ -146,7 +220,40 @@ def recipe_values(
         values.update(_scratch_for_size(img_size))
         if train_images:
             values.update(_scratch_for_data(train_images, world_size, batch_size))
+        if train_images and num_classes:
+            passes = epochs or values["epochs"]
+            values.update(budget_regularisation(passes, train_images / num_classes, img_size)[0])
     return values
+
+
+def size_for_images(short_side: float) -> int:
+    """The crop size for images of this (median) short side: a multiple of IMG_SIZE_STEP within IMG_SIZE_RANGE."""
+    rounded = IMG_SIZE_STEP * round(short_side / IMG_SIZE_STEP)
+    return min(max(rounded, IMG_SIZE_RANGE[0]), IMG_SIZE_RANGE[1])
+
+
+def budget_regularisation(passes: int, images_per_class: float, img_size: int) -> tuple[dict[str, Any], str]:
+    """Crop scale, label smoothing, weight decay, mixup/cutmix and EMA for ``passes`` epochs over a training set
+    of ``images_per_class`` images per class (BUDGET_RULES), and the reason, in words."""
+    row = next(i for i, rule in enumerate(BUDGET_RULES) if passes <= rule["up_to_passes"])
+    why = f"{passes} passes over {images_per_class:.0f} images per class: {BUDGET_RULES[row]['budget']} budget"
+    if images_per_class < FEW_IMAGES_PER_CLASS and row + 1 < len(BUDGET_RULES):
+        row += 1
+        why += f", one step stronger for fewer than {FEW_IMAGES_PER_CLASS} images per class"
+    elif images_per_class > MANY_IMAGES_PER_CLASS and row > 0:
+        row -= 1
+        why += f", one step lighter for more than {MANY_IMAGES_PER_CLASS} images per class"
+    rule = BUDGET_RULES[row]
+    values = {k: rule[k] for k in ("label_smoothing", "weight_decay", "mixup_alpha", "cutmix_alpha")}
+    values["crop_scale"] = rule["crop_scale"][0 if img_size <= TINY_IMAGE_SIZE else 1]
+    values["ema_epochs"] = round(rule["ema_share"] * passes, 2)
+    return values, f"{why} (regularisation of the {rule['budget']} row)"
+
+
+def epochs_for_minutes(minutes: float, step_seconds: float, steps_per_epoch: int) -> int:
+    """Epochs that fit in ``minutes`` at ``step_seconds`` per optimizer step (at least one)."""
+    epoch_seconds = step_seconds * steps_per_epoch * EPOCH_OVERHEAD
+    return max(1, math.floor(minutes * 60 * TIME_BUDGET_SHARE / epoch_seconds))
 
 
 def _scratch_for_size(img_size: int) -> dict[str, Any]:
@@ -162,9 +269,66 @@ def _scratch_for_data(train_images: int, world_size: int, batch_size: int | None
     batch = RECIPES["scratch"]["batch_size"]
     while batch > SCRATCH_MIN_BATCH and batch * 8 > per_rank:
         batch //= 2
-    used = batch_size or batch
-    steps = max(per_rank // used + (per_rank % used > 1), 1)  # the loader drops a last batch of one image
+    steps = _steps_per_epoch(train_images, world_size, batch_size or batch)
     return {"batch_size": batch, "epochs": max(RECIPES["scratch"]["epochs"], -(-SCRATCH_MIN_STEPS // steps))}
+
+
+def _steps_per_epoch(train_images: int, world_size: int, batch_size: int) -> int:
+    per_rank = -(-train_images // world_size)
+    return max(per_rank // batch_size + (per_rank % batch_size > 1), 1)  # the loader drops a last batch of one
+
+
+def _recipe_name(cfg: TrainConfig) -> str:
+    return cfg.recipe or ("finetune" if cfg.weights else "scratch")
+
+
+def plan_run(
+    cfg: TrainConfig, explicit: set[str], device: torch.device | None = None
+) -> tuple[TrainConfig, list[str], Callable[[TrainConfig, int, int], tuple[TrainConfig, list[str]]]]:
+    """A new run's options before its data is loaded: the image size from the images (:func:`choose_image_size`),
+    the recipe (:func:`resolve_recipe`), and the function that fits them to the training set and the budget."""
+    if cfg.time_budget and "epochs" in explicit:
+        raise ValueError(
+            f"--time-budget {cfg.time_budget:g} fits the epochs to the minutes, --epochs {cfg.epochs} fixes them: "
+            "pass one of them"
+        )
+    probe = budget.probe_images(cfg.data) if cfg.data else None
+    cfg, size_notes = choose_image_size(cfg, explicit, probe)
+    cfg, notes = resolve_recipe(cfg, explicit)
+    step_seconds = None
+    if cfg.time_budget and probe is not None:
+        step_seconds = partial(budget.measure_step_seconds, num_classes=probe.num_classes, device=device)
+    num_classes = probe.num_classes if probe else None
+    fit = partial(fit_recipe_to_data, explicit=explicit, num_classes=num_classes, step_seconds=step_seconds)
+    return cfg, size_notes + notes, fit
+
+
+def choose_image_size(
+    cfg: TrainConfig, explicit: Set[str], probe: budget.ImageProbe | None
+) -> tuple[TrainConfig, list[str]]:
+    """Without --img-size: scratch trains at the images' own size (:func:`size_for_images`); fine-tuning keeps
+    the ImageNet weights' 224 and says what that costs when the images are much smaller."""
+    if "img_size" in explicit or probe is None:
+        return cfg, []
+    name, side = _recipe_name(cfg), probe.median_short_side
+    fitted = size_for_images(side)
+    seen = f"median short side {side:.0f} px of {probe.sampled} training images"
+    if name == "scratch":
+        low, high = IMG_SIZE_RANGE
+        why = f"{seen}, to a multiple of {IMG_SIZE_STEP} within {low}-{high}"
+        chosen = {**(cfg.chosen or {}), "img_size": why}
+        return dataclasses.replace(cfg, img_size=fitted, chosen=chosen), [
+            f"img_size={fitted}: {why} (--img-size to choose another)"
+        ]
+    if name != "finetune" or side * UPSAMPLE_NOTE >= cfg.img_size:
+        return cfg, []
+    why = (
+        f"{seen}: fine-tuning keeps {cfg.img_size} px, the scale the ImageNet weights learnt, which upsamples "
+        f"them {cfg.img_size / side:.1f}x and makes each step cost about {(cfg.img_size / fitted) ** 2:.0f}x one "
+        f"at --img-size {fitted}"
+    )
+    chosen = {**(cfg.chosen or {}), "img_size": why}
+    return dataclasses.replace(cfg, chosen=chosen), [f"img_size={cfg.img_size}: {why}; measure both if time matters"]
 
 
 def resolve_recipe(cfg: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, list[str]]:
@@ -197,28 +361,79 @@ def resolve_recipe(cfg: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, l
 
 
 def fit_recipe_to_data(
-    cfg: TrainConfig, train_images: int, world_size: int = 1, explicit: Set[str] = frozenset()
+    cfg: TrainConfig,
+    train_images: int,
+    world_size: int = 1,
+    explicit: Set[str] = frozenset(),
+    num_classes: int | None = None,
+    step_seconds: Callable[[TrainConfig], float] | None = None,
 ) -> tuple[TrainConfig, list[str]]:
-    """``cfg`` with its recipe's values for ``train_images`` training images (scratch: batch size, epochs)."""
+    """``cfg`` fitted to ``train_images`` training images of ``num_classes`` classes (scratch: batch size and
+    epochs), to ``cfg.time_budget`` minutes at ``step_seconds(cfg)`` per step, and (scratch) its regularisation
+    to the passes and images per class that leaves; every choice is logged and kept in ``cfg.chosen``."""
     if cfg.recipe is None:
         return cfg, []
     batch = cfg.batch_size if "batch_size" in explicit else None
     values = recipe_values(cfg.recipe, cfg.img_size, train_images, world_size, batch)
     changed = {k: values[k] for k in DATA_KEYS if k not in explicit and getattr(cfg, k) != values[k]}
-    if not changed:
+    notes = []
+    if changed:
+        given = ", ".join(f"{k}={v!r}" for k, v in changed.items())
+        why = f"a batch of at most 1/8 of the images and at least {SCRATCH_MIN_STEPS} optimizer steps"
+        notes.append(f"recipe {cfg.recipe} for {train_images} training images: {given} ({why})")
+        cfg = dataclasses.replace(cfg, **changed)
+    if cfg.time_budget and step_seconds is not None:
+        cfg, note = _fit_to_minutes(cfg, train_images, world_size, step_seconds(cfg))
+        notes.append(note)
+    if cfg.recipe == "scratch" and num_classes:
+        cfg, note = _fit_to_budget(cfg, train_images / num_classes, explicit)
+        notes += note
+    return cfg, notes
+
+
+def _fit_to_minutes(
+    cfg: TrainConfig, train_images: int, world_size: int, step_seconds: float
+) -> tuple[TrainConfig, str]:
+    """The epochs that fit ``cfg.time_budget`` minutes at the measured ``step_seconds`` per step."""
+    steps = _steps_per_epoch(train_images, world_size, cfg.batch_size)
+    epochs = epochs_for_minutes(cfg.time_budget, step_seconds, steps)
+    why = (
+        f"--time-budget {cfg.time_budget:g} min: {step_seconds * 1000:.0f} ms per step measured here, {steps} steps "
+        f"per epoch x {EPOCH_OVERHEAD} for validation and loading, {TIME_BUDGET_SHARE:.0%} of the budget"
+    )
+    chosen = {**(cfg.chosen or {}), "epochs": why}
+    return dataclasses.replace(cfg, epochs=epochs, chosen=chosen), f"epochs={epochs}: {why}"
+
+
+def _fit_to_budget(cfg: TrainConfig, images_per_class: float, explicit: Set[str]) -> tuple[TrainConfig, list[str]]:
+    """Scratch's regularisation for the epochs the run has (BUDGET_RULES); options given explicitly stay."""
+    values, why = budget_regularisation(cfg.epochs, images_per_class, cfg.img_size)
+    keep = set(explicit)
+    if "optimizer" in explicit and cfg.optimizer != RECIPES["scratch"]["optimizer"]:
+        keep.add("weight_decay")  # another optimizer's decay is its own (resolve_recipe)
+    values = {k: v for k, v in values.items() if k not in keep}
+    if not values:
         return cfg, []
-    given = ", ".join(f"{k}={v!r}" for k, v in changed.items())
-    why = f"a batch of at most 1/8 of the images and at least {SCRATCH_MIN_STEPS} optimizer steps"
-    return dataclasses.replace(cfg, **changed), [
-        f"recipe {cfg.recipe} for {train_images} training images: {given} ({why})"
-    ]
+    chosen = {**(cfg.chosen or {}), **dict.fromkeys(values, why)}
+    given = ", ".join(f"{k}={v!r}" for k, v in values.items())
+    return dataclasses.replace(cfg, **values, chosen=chosen), [f"recipe {cfg.recipe}: {given} ({why})"]
 
 
-def recipe_record(cfg: TrainConfig, train_images: int | None = None, world_size: int = 1) -> dict[str, Any] | None:
+def recipe_record(
+    cfg: TrainConfig, train_images: int | None = None, world_size: int = 1, num_classes: int | None = None
+) -> dict[str, Any] | None:
     """config.json's ``recipe`` entry: the name, every value the recipe sets (for ``train_images`` training
-    images), and those the run overrode."""
+    images of ``num_classes`` classes, over the run's epochs), those the run overrode and why each value fitted
+    to the images, the data or the budget was chosen."""
     if cfg.recipe is None:
         return None
-    values = recipe_values(cfg.recipe, cfg.img_size, train_images, world_size, cfg.batch_size)
-    overridden = {k: getattr(cfg, k) for k, v in values.items() if getattr(cfg, k) != v}
-    return {"name": cfg.recipe, "values": values, "overridden": overridden, "train_images": train_images}
+    values = recipe_values(cfg.recipe, cfg.img_size, train_images, world_size, cfg.batch_size, cfg.epochs, num_classes)
+    chosen = cfg.chosen or {}
+    overridden = {k: getattr(cfg, k) for k, v in values.items() if getattr(cfg, k) != v and k not in chosen}
+    return {
+        "name": cfg.recipe,
+        "values": values,
+        "overridden": overridden,
+        "train_images": train_images,
+        "chosen": chosen,
+    }

@@ -97,7 +97,7 @@ def write_run_info(
 
     info = {
         "options": cfg.to_dict(),
-        "recipe": recipe_record(cfg, len(bundle.train), dist.world_size),
+        "recipe": recipe_record(cfg, len(bundle.train), dist.world_size, len(class_names)),
         "resolved": {
             "device": str(device),
             "world_size": dist.world_size,

@@ -1,0 +1,136 @@
+"""Recipes fitted to the user's images and budget: the size from the images, regularisation from the passes and
+images per class, and --time-budget's epochs from the measured speed (issue 23)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import shufflenet
+from shufflenet.training import TrainConfig, budget
+from shufflenet.training.recipes import (
+    budget_regularisation,
+    choose_image_size,
+    fit_recipe_to_data,
+    resolve_recipe,
+)
+from shufflenet.training.state import read_last_checkpoint, resumed_config
+
+RUN = {"model": "shufflenet_v2_x0_5", "workers": 0, "threads": 1, "device": "cpu"}
+
+
+def write_sized(root: Path, sizes: list[tuple[int, int]], classes: int = 2) -> Path:
+    """PNG class folders whose images have the given (width, height) sizes, cycled over the classes."""
+    for i, size in enumerate(sizes):
+        folder = root / f"class{i % classes}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", size, (i * 7 % 255, 90, 40)).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("sizes", "expected"),
+    [
+        ([(40, 36)] * 6, 32),  # short side 36 -> 32
+        ([(60, 80)] * 3, 64),  # 60 -> 64: rounded, not floored
+        ([(130, 100)] * 5 + [(20, 20)] * 2, 96),  # the median, not the mean: 100 -> 96
+        ([(500, 375)] * 4, 224),  # photos: capped at 224
+        ([(12, 10)] * 4, 32),  # never below 32
+    ],
+)
+def test_scratch_size_is_the_images_median_short_side(tmp_path: Path, sizes: list, expected: int) -> None:
+    probe = budget.probe_images(write_sized(tmp_path / "data", sizes))
+    assert probe.sampled == len(sizes) and probe.num_classes == 2
+    cfg, notes = choose_image_size(TrainConfig(out="run"), set(), probe)
+    assert cfg.img_size == expected and f"img_size={expected}" in notes[0]
+    assert f"median short side {probe.median_short_side:.0f} px" in cfg.chosen["img_size"]
+    given, notes = choose_image_size(TrainConfig(out="run", img_size=64), {"img_size"}, probe)
+    assert given.img_size == 64 and notes == [] and given.chosen is None
+
+
+def test_finetuning_keeps_224_and_prices_small_images(tmp_path: Path) -> None:
+    probe = budget.probe_images(write_sized(tmp_path / "data", [(32, 32)] * 4))
+    cfg, notes = choose_image_size(TrainConfig(out="run", weights="w.pth"), set(), probe)
+    assert cfg.img_size == 224 and "upsamples them 7.0x" in notes[0] and "about 49x one at --img-size 32" in notes[0]
+    photos = budget.probe_images(write_sized(tmp_path / "photos", [(500, 375)] * 4))
+    assert choose_image_size(TrainConfig(out="run", weights="w.pth"), set(), photos) == (
+        TrainConfig(out="run", weights="w.pth"),
+        [],
+    )
+
+
+def test_training_without_img_size_records_the_size_from_the_images(image_tree: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shufflenet.train(data=str(image_tree), out=str(run), epochs=1, batch_size=8, **RUN)
+    config = json.loads((run / "config.json").read_text())
+    assert config["options"]["img_size"] == 32  # the tree's images are 40 x 36
+    assert "median short side 36 px" in config["recipe"]["chosen"]["img_size"]
+    assert "img_size=32: median short side 36 px" in (run / "train.log").read_text()
+
+
+# The rule's definition (BUDGET_RULES): up to 12 passes "short", up to 25 "medium", beyond "long"; fewer than 100
+# images per class one row stronger, more than 1000 one row lighter; crop_scale's first value is for <= 64 px.
+SHORT = {"crop_scale": 0.6, "label_smoothing": 0.0, "weight_decay": 0.01, "mixup_alpha": 0.0, "cutmix_alpha": 0.0}
+MEDIUM = {"crop_scale": 0.35, "label_smoothing": 0.1, "weight_decay": 0.05, "mixup_alpha": 0.0, "cutmix_alpha": 0.0}
+
+
+@pytest.mark.parametrize(
+    ("passes", "per_class", "img_size", "expected"),
+    [
+        (6, 600, 64, {**SHORT, "ema_epochs": 0.0}),  # the issue's run: 6 passes over 600 images per class
+        (15, 600, 64, {**MEDIUM, "ema_epochs": 0.0}),  # the scratch recipe as measured
+        (40, 600, 64, {**MEDIUM, "ema_epochs": 4.0}),  # long: the EMA, a tenth of the epochs
+        (6, 50, 64, {**MEDIUM, "ema_epochs": 0.0}),  # few images per class: one row stronger
+        (15, 2000, 64, {**SHORT, "ema_epochs": 0.0}),  # many: one row lighter
+        (6, 600, 96, {**SHORT, "crop_scale": 0.5, "ema_epochs": 0.0}),  # larger crops
+    ],
+)
+def test_regularisation_follows_passes_and_images_per_class(
+    passes: int, per_class: int, img_size: int, expected: dict
+) -> None:
+    values, why = budget_regularisation(passes, per_class, img_size)
+    assert values == expected and f"{passes} passes over {per_class} images per class" in why
+
+
+def test_fixed_short_epochs_get_lighter_regularisation_than_a_long_run() -> None:
+    def fitted(epochs: int, **given: object) -> TrainConfig:
+        explicit = {"epochs", "img_size", *given}
+        cfg, _ = resolve_recipe(TrainConfig(out="run", epochs=epochs, img_size=64, **given), explicit)
+        return fit_recipe_to_data(cfg, 6000, explicit=explicit, num_classes=10)[0]
+
+    short, long = fitted(6), fitted(40)
+    assert (short.crop_scale, short.label_smoothing, short.weight_decay, short.ema_epochs) == (0.6, 0.0, 0.01, 0.0)
+    assert (long.crop_scale, long.label_smoothing, long.weight_decay, long.ema_epochs) == (0.35, 0.1, 0.05, 4.0)
+    assert "6 passes over 600 images per class: short budget" in short.chosen["crop_scale"]
+    # Options given stay as given; another optimizer keeps its own weight decay.
+    assert fitted(6, crop_scale=0.2).crop_scale == 0.2
+    assert fitted(6, optimizer="sgd").weight_decay is None
+
+
+def test_time_budget_fits_the_epochs_to_the_measured_speed(
+    image_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def steps_take(seconds: float) -> None:
+        ticks = iter(range(10**6))
+        monkeypatch.setattr(budget, "clock", lambda: next(ticks) * seconds)  # a step's end is one read after its start
+
+    with pytest.raises(ValueError, match=r"--time-budget 0.001 fits the epochs.*--epochs 3 fixes them"):
+        shufflenet.train(data=str(image_tree), out=str(tmp_path / "both"), time_budget=0.001, epochs=3, **RUN)
+    # 26 readable training images -> batch 8, 4 steps per epoch; an epoch is 4 steps x 1.3 (EPOCH_OVERHEAD),
+    # and 90% of the budget is spent: 1.2 s -> 1.08 s. At 50 ms per step an epoch is 0.26 s: 4 epochs.
+    steps_take(0.05)
+    run = tmp_path / "run"
+    result = shufflenet.train(data=str(image_tree), out=str(run), time_budget=0.02, **RUN)
+    config = json.loads((run / "config.json").read_text())
+    assert len(result.history) == 4 and config["options"]["epochs"] == 4 and config["options"]["batch_size"] == 8
+    assert "50 ms per step measured here, 4 steps per epoch" in config["recipe"]["chosen"]["epochs"]
+    # Twice as slow: 0.52 s an epoch, 2 epochs.
+    steps_take(0.1)
+    slow = shufflenet.train(data=str(image_tree), out=str(tmp_path / "slow"), time_budget=0.02, **RUN)
+    assert len(slow.history) == 2
+    # A resume reads the epochs the run chose from last.pt (it does not measure again).
+    resumed, _ = resumed_config(read_last_checkpoint(run), TrainConfig(out=str(run), resume=True), {"resume"})
+    assert (resumed.epochs, resumed.time_budget) == (4, 0.02)
