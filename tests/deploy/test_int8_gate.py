@@ -74,11 +74,14 @@ def test_int8_within_one_point_on_real_digits(digits_run: Path, digits_val, tmp_
 
 
 def test_max_drop_below_the_measured_drop_is_refused_by_the_cli(digits_run: Path, digits_val, tmp_path, capsys):
-    """Ten calibration images lose about a point: the drop has a sign and a unit to get wrong."""
+    """One calibration image loses points (ranges clip the other images): the drop has a sign and a unit to get wrong.
+
+    (Ten images lost about a point on one trained model and gained half a point on another: too close to call.)
+    """
     images, labels = digits_val
     weights = digits_run / "best.pt"
     kept = tmp_path / "kept.onnx"
-    result = deploy.quantize_run(weights, "onnxruntime", kept, calibration_size=10, max_drop=5.0)
+    result = deploy.quantize_run(weights, "onnxruntime", kept, calibration_size=1, max_drop=100.0)
     fp32, int8 = pytorch_top1(digits_run, images, labels), onnxruntime_top1(kept, images, labels)
     drop = 100 * (fp32 - int8)  # points
     assert drop > 0.2  # int8 is worse here, so a sign error shows
@@ -87,12 +90,12 @@ def test_max_drop_below_the_measured_drop_is_refused_by_the_cli(digits_run: Path
     limit = round(drop - 0.2, 2)  # below the measured drop by less than one image (0.28 points)
     out = tmp_path / "refused.onnx"
     argv = ["quantize", "--weights", str(weights), "--backend", "onnxruntime", "--out", str(out)]
-    assert main([*argv, "--calibration-size", "10", "--max-drop", str(limit)]) == 2
+    assert main([*argv, "--calibration-size", "1", "--max-drop", str(limit)]) == 2
     err = capsys.readouterr().err
     assert f"int8 top-1 {int8:.4f} vs fp32 {fp32:.4f} on {len(labels)} validation images" in err
     assert f"{drop:.1f} points lost, more than --max-drop {limit:g}" in err and "Traceback" not in err
     assert not out.exists()
-    assert main([*argv, "--calibration-size", "10", "--max-drop", str(round(drop + 0.2, 2))]) == 0
+    assert main([*argv, "--calibration-size", "1", "--max-drop", str(round(drop + 0.2, 2))]) == 0
     assert out.is_file()
 
 
