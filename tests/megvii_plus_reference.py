@@ -167,7 +167,7 @@ def randomize(model: nn.Module, sample: Tensor, seed: int = 0) -> nn.Module:
 
 
 def bgr_0_255(crop: Tensor) -> Tensor:
-    """Their ToBGRTensor on a uint8 RGB (3, H, W) crop: BGR, 0-255 floats, no mean/std."""
+    """Their ToBGRTensor (v1 and V2+ alike) on a uint8 RGB (3, H, W) crop: BGR, 0-255 floats, no mean/std."""
     array = crop.permute(1, 2, 0).numpy()[:, :, ::-1]
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).float()
 

@@ -21,6 +21,8 @@ from PIL import Image
 from torch import Tensor, nn
 from torchvision.transforms import v2 as T
 
+from megvii_plus_reference import bgr_0_255 as megvii_input
+from megvii_plus_reference import save_megvii
 from shufflenet import checkpoints
 from shufflenet.checkpoints import CheckpointError, load_model, load_pretrained
 from shufflenet.checkpoints.formats import v1_shuffle
@@ -98,18 +100,6 @@ class MegviiV1(nn.Module):
         x = self.features(self.maxpool(self.first_conv(x)))
         # Their AvgPool2d(7) is this global mean at their 224 px input (7x7 maps); tests run at 48 px.
         return self.classifier(x.mean((2, 3)))
-
-
-def megvii_input(crop: Tensor) -> Tensor:
-    """Their ToBGRTensor on a uint8 RGB crop: BGR, 0-255 floats, nothing else."""
-    array = crop.permute(1, 2, 0).numpy()[:, :, ::-1]
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).float()
-
-
-def save_megvii(model: nn.Module, path: Path) -> Path:
-    """As their train.py saves it: {'state_dict': DataParallel state_dict} (module. prefixes)."""
-    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------- mmpretrain

@@ -12,10 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from test_distributed import write_tree
 
 pytestmark = pytest.mark.slow
 
@@ -25,15 +24,6 @@ TRAIN = [
     *("--device", "cpu", "--workers", "0", "--threads", "1", "--checkpoint-every", "2", "--quiet"),
 ]
 WALL_TIME = {"epoch_seconds", "train_img_per_s"}
-
-
-def _write_tree(root: Path, per_class: int, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    for name, color in {"cat": (200, 40, 40), "dog": (40, 40, 200)}.items():
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            pixels = (rng.random((32, 32, 3)) * 80 + np.array(color) - 40).clip(0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i}.jpg")
 
 
 def _torchrun(launch: list[str], run: Path, data: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -72,8 +62,8 @@ def _rows(run: Path) -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("faults") / "data"
-    _write_tree(root / "train", 12, seed=0)  # 24 images: 12 per rank, 6 steps of 2 per epoch
-    _write_tree(root / "val", 3, seed=1)
+    write_tree(root / "train", 12, seed=0)  # 24 images: 12 per rank, 6 steps of 2 per epoch
+    write_tree(root / "val", 3, seed=1)
     return root
 
 
