@@ -13,7 +13,9 @@ import hashlib
 import io
 import json
 import re
+import socket
 import threading
+import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -27,6 +29,7 @@ from torchvision.models._meta import _IMAGENET_CATEGORIES
 
 from shufflenet.checkpoints import MIRROR_ENV, WeightsDownloadError, find_weights, load_model, pretrained
 from shufflenet.checkpoints.formats.mmpretrain import MMPRETRAIN_PREPROCESSING
+from shufflenet.checkpoints.hub import TIMEOUT_ENV
 from shufflenet.cli import main
 from shufflenet.models import create_model
 
@@ -223,6 +226,77 @@ def test_mirror_without_the_file_names_the_http_error(server: Server, tmp_path: 
         create_model(X0_5, pretrained=True)
     assert server.requests == [f"/models/{weights.file_name}"]
     assert list(cache(tmp_path).iterdir()) == []
+
+
+class StallingServer:
+    """127.0.0.1: accepts one connection, reads the request, sends ``head`` (maybe nothing) and then nothing more
+    until stopped or ``STALL_S`` pass; ``requests`` counts the requests read."""
+
+    STALL_S = 20.0
+
+    def __init__(self, head: bytes) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(self.STALL_S)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.released, self.requests = threading.Event(), 0
+        self.thread = threading.Thread(target=self._serve_one, args=(head,), daemon=True)
+        self.thread.start()
+
+    def _serve_one(self, head: bytes) -> None:
+        try:
+            connection, _ = self.listener.accept()
+        except OSError:  # stopped, or nobody came
+            return
+        with connection:
+            connection.recv(65536)
+            self.requests += 1
+            connection.sendall(head)
+            self.released.wait(self.STALL_S)
+
+    def stop(self) -> None:
+        self.released.set()
+        self.listener.close()
+        self.thread.join(timeout=10)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"", b"HTTP/1.0 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 5000],
+    ids=["before-the-response", "mid-file"],
+)
+def test_a_stalled_download_stops_after_the_timeout_naming_url_and_remedies_and_keeps_nothing(
+    head: bytes, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    stalling = StallingServer(head)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv(MIRROR_ENV, stalling.url)
+    monkeypatch.setenv(TIMEOUT_ENV, "0.5")
+    weights = find_weights(X0_5)
+    message = (
+        rf"could not download {re.escape(stalling.url)}/models/{re.escape(weights.file_name)} \(no data for 0.5 s; "
+        rf"{TIMEOUT_ENV} sets how long to wait\); put {re.escape(weights.file_name)} into .* by hand, "
+        rf"or set {MIRROR_ENV}"
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(WeightsDownloadError, match=message):
+            create_model(X0_5, pretrained=True)
+        waited = time.monotonic() - started
+    finally:
+        stalling.stop()
+    assert stalling.requests == 1
+    assert waited < StallingServer.STALL_S / 2  # it gave up; it was not the server hanging up
+    assert list(cache(tmp_path).iterdir()) == []  # torch.hub's .partial file is gone
+    assert socket.getdefaulttimeout() is None  # the process's default is back
+
+
+def test_a_download_timeout_that_is_not_seconds_is_refused_naming_the_variable(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(TIMEOUT_ENV, "soon")
+    with pytest.raises(WeightsDownloadError, match=rf"{TIMEOUT_ENV}='soon' is not a number of seconds > 0"):
+        create_model(X0_5, pretrained=True)
+    assert server.requests == []
 
 
 def test_train_by_name_starts_from_the_downloaded_weights(

@@ -5,11 +5,19 @@ module installs :func:`load_weights` as the registry's loader). Files go where t
 ``$TORCH_HOME/hub/checkpoints``, under the publisher's file name, whose sha256 prefix is checked on download
 (torch.hub) and again each time a cached file is used (torch.hub does not). ``SHUFFLENET_WEIGHTS_URL=<base>``
 fetches every file from a mirror instead: the base replaces the URL's scheme and host, the path stays.
+A download that receives nothing for ``$SHUFFLENET_DOWNLOAD_TIMEOUT`` seconds (default 30) stops with a
+:class:`WeightsDownloadError`.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.client import HTTPException, IncompleteRead
 from pathlib import Path
 from typing import Any
 from urllib.error import HTTPError, URLError
@@ -24,6 +32,9 @@ from shufflenet.checkpoints.pretrained import SOURCES, PretrainedWeights, find_w
 from shufflenet.models import create_model, registry
 
 MIRROR_ENV = "SHUFFLENET_WEIGHTS_URL"
+TIMEOUT_ENV = "SHUFFLENET_DOWNLOAD_TIMEOUT"
+DEFAULT_TIMEOUT_S = 30.0
+_SOCKET_DEFAULT = threading.Lock()  # one download at a time changes the process's socket default timeout
 
 
 class WeightsDownloadError(CheckpointError):
@@ -41,6 +52,22 @@ def weights_url(weights: PretrainedWeights) -> str:
     if not mirror:
         return weights.url
     return mirror.rstrip("/") + urlsplit(weights.url).path
+
+
+def download_timeout() -> float:
+    """Seconds a download may wait for the connection or for the next data: ``$SHUFFLENET_DOWNLOAD_TIMEOUT`` or 30."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise WeightsDownloadError(
+            f"{TIMEOUT_ENV}={text!r} is not a number of seconds > 0; unset it for the default {DEFAULT_TIMEOUT_S:g}"
+        )
+    return seconds
 
 
 def cache_dir() -> Path:
@@ -65,19 +92,41 @@ def download_weights(weights: PretrainedWeights, progress: bool = True) -> Path:
             )
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
+    timeout = download_timeout()
     try:
-        torch.hub.download_url_to_file(url, str(path), hash_prefix=weights.sha256_prefix, progress=progress)
-    except RuntimeError as err:  # torch.hub's hash mismatch; it has removed its partial file already
+        with _socket_timeout(timeout):
+            torch.hub.download_url_to_file(url, str(path), hash_prefix=weights.sha256_prefix, progress=progress)
+    # torch.hub writes to a temporary file and removes it on any exception: a failure leaves nothing behind.
+    except RuntimeError as err:  # torch.hub's hash mismatch
         raise WeightsDownloadError(
             f"{url} is not the published {weights.file_name} ({err}); nothing was kept. Fix the mirror "
             f"({MIRROR_ENV}) or put the genuine file into {path.parent} by hand"
         ) from None
-    except OSError as err:  # offline, refused, HTTP errors, timeouts (URLError and HTTPError are OSErrors)
+    except (OSError, HTTPException) as err:  # offline, refused, HTTP errors, timeouts, a connection cut short
+        reason = _reason(err)
+        if _timed_out(err):
+            reason = f"no data for {timeout:g} s; {TIMEOUT_ENV} sets how long to wait"
         raise WeightsDownloadError(
-            f"could not download {url} ({_reason(err)}); put {weights.file_name} into {path.parent} by hand, "
+            f"could not download {url} ({reason}); put {weights.file_name} into {path.parent} by hand, "
             f"or set {MIRROR_ENV} to a mirror that has it"
         ) from None
     return path
+
+
+@contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """The process's default socket timeout set to ``seconds`` for the block (one such block at a time).
+
+    torch.hub's download_url_to_file takes no timeout and opens its connection without one, so urllib falls
+    back to this default: it bounds the connect and each read, not the whole download.
+    """
+    with _SOCKET_DEFAULT:
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(seconds)
+        try:
+            yield
+        finally:
+            socket.setdefaulttimeout(previous)
 
 
 def load_named_weights(model: nn.Module, name: str, source: str | None = None, progress: bool = True) -> LoadReport:
@@ -122,11 +171,18 @@ def pretrained_checkpoint(name: str, source: str | None = None, progress: bool =
     return save_checkpoint(path, checkpoint)
 
 
-def _reason(err: OSError) -> str:
+def _timed_out(err: Exception) -> bool:
+    # A slow connect comes wrapped in a URLError, a slow response or read as the bare TimeoutError.
+    return isinstance(err, TimeoutError) or (isinstance(err, URLError) and isinstance(err.reason, TimeoutError))
+
+
+def _reason(err: OSError | HTTPException) -> str:
     if isinstance(err, HTTPError):
         return f"HTTP {err.code} {err.reason}"
     if isinstance(err, URLError):
         return str(err.reason)
+    if isinstance(err, IncompleteRead):
+        return "the connection closed before the end of the file"
     return str(err) or type(err).__name__
 
 
