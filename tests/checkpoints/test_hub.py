@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import multiprocessing
 import re
 import socket
 import threading
@@ -41,14 +42,16 @@ class Server:
 
     def __init__(self, root: Path) -> None:
         self.root, self.requests = root, []
-        requests = self.requests
+        self.delay_s = 0.0  # before each answer: a slow server, so that downloads overlap
+        owner = self
 
         class Handler(SimpleHTTPRequestHandler):
             def __init__(self, *args: object, **kwargs: object) -> None:
                 super().__init__(*args, directory=str(root), **kwargs)
 
             def do_GET(self) -> None:
-                requests.append(self.path)
+                owner.requests.append(self.path)
+                time.sleep(owner.delay_s)
                 super().do_GET()
 
             def log_message(self, *args: object) -> None:
@@ -79,6 +82,11 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Server:
 
 def cache(tmp_path: Path) -> Path:
     return tmp_path / "torch_home" / "hub" / "checkpoints"
+
+
+def weight_files(tmp_path: Path) -> list[str]:
+    """The cache's files (partial downloads included), less the download locks in .locks/."""
+    return sorted(p.name for p in cache(tmp_path).iterdir() if p.name != ".locks")
 
 
 def publish(server: Server, monkeypatch: pytest.MonkeyPatch, model: str, source: str, contents: object) -> Path:
@@ -154,7 +162,7 @@ def test_file_whose_hash_does_not_match_is_refused_and_leaves_nothing_behind(
     flip_a_byte(served)  # same name, other contents
     with pytest.raises(WeightsDownloadError, match=rf"{re.escape(server.url)}/models/{served.name} is not the publ"):
         create_model(X0_5, pretrained=True)
-    assert list(cache(tmp_path).iterdir()) == []  # no partial file, no bad file
+    assert weight_files(tmp_path) == []  # no partial file, no bad file
 
 
 def test_a_damaged_cached_file_is_refused_not_used(
@@ -225,7 +233,7 @@ def test_mirror_without_the_file_names_the_http_error(server: Server, tmp_path: 
     with pytest.raises(WeightsDownloadError, match=message):
         create_model(X0_5, pretrained=True)
     assert server.requests == [f"/models/{weights.file_name}"]
-    assert list(cache(tmp_path).iterdir()) == []
+    assert weight_files(tmp_path) == []
 
 
 class StallingServer:
@@ -286,7 +294,7 @@ def test_a_stalled_download_stops_after_the_timeout_naming_url_and_remedies_and_
         stalling.stop()
     assert stalling.requests == 1
     assert waited < StallingServer.STALL_S / 2  # it gave up; it was not the server hanging up
-    assert list(cache(tmp_path).iterdir()) == []  # torch.hub's .partial file is gone
+    assert weight_files(tmp_path) == []  # torch.hub's .partial file is gone
     assert socket.getdefaulttimeout() is None  # the process's default is back
 
 
@@ -297,6 +305,37 @@ def test_a_download_timeout_that_is_not_seconds_is_refused_naming_the_variable(
     with pytest.raises(WeightsDownloadError, match=rf"{TIMEOUT_ENV}='soon' is not a number of seconds > 0"):
         create_model(X0_5, pretrained=True)
     assert server.requests == []
+
+
+def download_in_this_process(weights: object, start: object, results: object) -> None:
+    """A torchrun rank's part (run in a spawned process): wait for the others, then fetch ``weights``."""
+    from shufflenet.checkpoints import download_weights
+    from shufflenet.checkpoints.files import file_sha256
+
+    start.wait(120)
+    path = download_weights(weights, progress=False)
+    results.put((str(path), file_sha256(path)))
+
+
+def test_processes_that_want_the_same_file_at_once_download_it_once_and_all_get_it_verified(
+    server: Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    served = publish(server, monkeypatch, X0_5, "torchvision", torchvision_reference().state_dict())
+    server.delay_s = 2.0  # a download takes that long, so the second process asks while the first one fetches
+    weights = find_weights(X0_5)
+    context = multiprocessing.get_context("spawn")  # like torchrun: fresh interpreters, environment inherited
+    start, results = context.Barrier(2), context.Queue()
+    ranks = [context.Process(target=download_in_this_process, args=(weights, start, results)) for _ in range(2)]
+    for rank in ranks:
+        rank.start()
+    for rank in ranks:
+        rank.join(timeout=180)
+    assert [rank.exitcode for rank in ranks] == [0, 0]
+    got = [results.get(timeout=5) for _ in ranks]
+    expected = (str(cache(tmp_path) / served.name), hashlib.sha256(served.read_bytes()).hexdigest())
+    assert got == [expected, expected]
+    assert server.requests == ["/" + str(served.relative_to(server.root))]
+    assert weight_files(tmp_path) == [served.name]
 
 
 def test_train_by_name_starts_from_the_downloaded_weights(

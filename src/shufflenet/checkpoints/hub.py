@@ -6,11 +6,13 @@ module installs :func:`load_weights` as the registry's loader). Files go where t
 (torch.hub) and again each time a cached file is used (torch.hub does not). ``SHUFFLENET_WEIGHTS_URL=<base>``
 fetches every file from a mirror instead: the base replaces the URL's scheme and host, the path stays.
 A download that receives nothing for ``$SHUFFLENET_DOWNLOAD_TIMEOUT`` seconds (default 30) stops with a
-:class:`WeightsDownloadError`.
+:class:`WeightsDownloadError`. Processes that want the same file at once (torchrun's ranks on a node) take turns
+through a file lock in the cache (``.locks/``): one downloads, the others wait and check its file.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -24,6 +26,7 @@ from urllib.error import HTTPError, URLError
 from urllib.parse import urlsplit
 
 import torch
+from filelock import FileLock, Timeout
 from torch import nn
 
 from shufflenet.checkpoints.files import CheckpointError, file_sha256, make_checkpoint, save_checkpoint
@@ -34,7 +37,10 @@ from shufflenet.models import create_model, registry
 MIRROR_ENV = "SHUFFLENET_WEIGHTS_URL"
 TIMEOUT_ENV = "SHUFFLENET_DOWNLOAD_TIMEOUT"
 DEFAULT_TIMEOUT_S = 30.0
+LOCK_WAIT_S = 600.0  # how long a process waits for another one's download of the same file
 _SOCKET_DEFAULT = threading.Lock()  # one download at a time changes the process's socket default timeout
+
+log = logging.getLogger(__name__)
 
 
 class WeightsDownloadError(CheckpointError):
@@ -80,19 +86,28 @@ def download_weights(weights: PretrainedWeights, progress: bool = True) -> Path:
 
     A download whose sha256 does not start with the expected prefix is deleted (torch.hub writes to a
     temporary file first); any failure is a :class:`WeightsDownloadError` naming the URL and what to do.
+    One process at a time downloads a file: torchrun's ranks on a node each build their model, so one
+    fetches it while the others wait on its lock and then check its file.
     """
     path = cache_dir() / weights.file_name
     url = weights_url(weights)
-    if path.is_file():
-        digest = file_sha256(path)
-        if not digest.startswith(weights.sha256_prefix):
-            raise WeightsDownloadError(
-                f"cached {path} has sha256 {digest[:12]}..., not {weights.sha256_prefix}... (damaged or replaced); "
-                f"delete it to download {url} again"
-            )
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.is_file():
+        with _download_lock(path, url):
+            if not path.is_file():  # else another process fetched it while this one waited
+                _fetch(url, path, weights, progress)
+                return path  # checked as it arrived
+    digest = file_sha256(path)
+    if not digest.startswith(weights.sha256_prefix):
+        raise WeightsDownloadError(
+            f"cached {path} has sha256 {digest[:12]}..., not {weights.sha256_prefix}... (damaged or replaced); "
+            f"delete it to download {url} again"
+        )
+    return path
+
+
+def _fetch(url: str, path: Path, weights: PretrainedWeights, progress: bool) -> None:
     timeout = download_timeout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with _socket_timeout(timeout):
             torch.hub.download_url_to_file(url, str(path), hash_prefix=weights.sha256_prefix, progress=progress)
@@ -110,7 +125,30 @@ def download_weights(weights: PretrainedWeights, progress: bool = True) -> Path:
             f"could not download {url} ({reason}); put {weights.file_name} into {path.parent} by hand, "
             f"or set {MIRROR_ENV} to a mirror that has it"
         ) from None
-    return path
+
+
+@contextmanager
+def _download_lock(path: Path, url: str) -> Iterator[None]:
+    # An OS file lock (fcntl/msvcrt through filelock, which torch itself depends on): released when its holder
+    # exits, however it exits, so a crashed download never leaves the others waiting on a stale lock.
+    lock_file = path.parent / ".locks" / f"{path.name}.lock"
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(lock_file)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("waiting for another process that is downloading %s", url)
+        try:
+            lock.acquire(timeout=LOCK_WAIT_S)
+        except Timeout:
+            raise WeightsDownloadError(
+                f"another process has been downloading {url} for over {LOCK_WAIT_S:g} s (it holds {lock_file}); "
+                f"let it finish or stop it, then try again"
+            ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @contextmanager
