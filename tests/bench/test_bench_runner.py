@@ -81,6 +81,18 @@ def test_cli_bench_v1_table_json_and_plot(tmp_path: Path, capsys) -> None:
     assert out_png.read_bytes()[:8] == PNG_MAGIC
 
 
+def test_cli_bench_json_to_stdout_still_writes_the_plot(tmp_path: Path, capsys) -> None:
+    out_png = tmp_path / "b.png"
+    args = ["bench", "--model", "shufflenet_v1_g3_x0_25", "--img-size", "32", "--batch-sizes", "1"]
+    args += ["--backends", "torch", "--precisions", "fp32", "--threads", "1", "--time", "0.02"]
+    assert main([*args, "--json", "-", "--plot", str(out_png), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)  # nothing but the JSON on stdout
+    assert {r["label"] for r in data["rows"]} == {"shufflenet eager", "torch fp32"}
+    assert out_png.read_bytes()[:8] == PNG_MAGIC
+    assert captured.err == f"wrote {out_png}\n"
+
+
 def test_cli_bench_with_checkpoint(tmp_path: Path, capsys) -> None:
     model = create_model("shufflenet_v2_x0_5", num_classes=3)
     ckpt = save_checkpoint(tmp_path / "best.pt", make_checkpoint(model, "shufflenet_v2_x0_5", ["a", "b", "c"]))

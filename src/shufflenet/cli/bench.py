@@ -150,10 +150,12 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.json:
         write_json(args.json, result.to_dict())
-        if args.json == "-":
-            return 0
     if args.plot:
         bench.plot(result, args.plot)
+    if args.json == "-":  # standard output holds the JSON alone
+        if args.plot:
+            print(f"wrote {args.plot}", file=sys.stderr)
+        return 0
     machine = result.machine
     print(
         f"{name} at {args.img_size}x{args.img_size}, {machine['threads']} threads, {machine['cpu']} "
