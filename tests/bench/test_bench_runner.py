@@ -103,6 +103,25 @@ def test_cli_bench_with_checkpoint(tmp_path: Path, capsys) -> None:
     assert "holds a shufflenet_v2_x0_5" in capsys.readouterr().err
 
 
+def test_cli_bench_model_that_disagrees_with_an_exported_file_is_an_error_naming_both(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("onnxruntime")
+    from shufflenet import deploy
+    from shufflenet.checkpoints import load_model
+
+    torch.manual_seed(0)
+    model = create_model("shufflenet_v2_x0_5", num_classes=3)
+    ckpt = save_checkpoint(tmp_path / "best.pt", make_checkpoint(model, "shufflenet_v2_x0_5", ["a", "b", "c"]))
+    exported = deploy.export_onnx(load_model(ckpt), tmp_path / "m.onnx", img_size=32)
+    args = ["bench", "--weights", str(exported), "--batch-sizes", "1", "--backends", "onnxruntime", "--quiet"]
+    args += ["--precisions", "fp32", "--threads", "1", "--time", "0.02"]
+    expected = f"--model shufflenet_v1_g3_x0_25 but {exported} holds a shufflenet_v2_x0_5; drop --model or fix it"
+    for reference in ([], ["--reference", str(ckpt)]):  # named before the missing --reference is
+        assert main([*args, *reference, "--model", "shufflenet_v1_g3_x0_25"]) == 2
+        assert expected in capsys.readouterr().err
+    assert main([*args, "--reference", str(ckpt), "--model", "shufflenet_v2_x0_5"]) == 0  # agreeing is fine
+    assert "onnxruntime fp32 (m.onnx)" in capsys.readouterr().out
+
+
 def test_cli_bench_errors(capsys) -> None:
     assert main(["bench", "--model", "shufflenet_v2_x9_9"]) == 2
     assert "unknown model" in capsys.readouterr().err
