@@ -108,8 +108,26 @@ def test_cli_models_features(capsys) -> None:
     assert main(["models", "--features", "shufflenet_v2_x1_0"]) == 0
     out = capsys.readouterr().out
     header, _, row = out.splitlines()[:3]
-    assert " ".join(header.split()[1:]) == "0: maxpool /4 1: stage2 /8 2: stage3 /16 3: stage4 /32 4: conv5 /32"
+    expected = "0: maxpool /4 56x56 1: stage2 /8 28x28 2: stage3 /16 14x14 3: stage4 /32 7x7 4: conv5 /32 7x7"
+    assert " ".join(header.split()[1:]) == expected
     assert row.split() == ["shufflenet_v2_x1_0", "24", "116", "232", "464", "1,024"]
     assert main(["models", "--features", "shufflenet_v1_g8_*", "--json", "-"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [row["levels"][3]["num_chs"] for row in rows] == [384, 768, 1536, 2304, 3072]
+
+
+@pytest.mark.parametrize("name", ["shufflenet_v2_x0_5", "shufflenet_v1_g3_x0_5", "shufflenet_v2_plus_small"])
+def test_cli_models_features_map_sizes_follow_img_size_as_a_real_forward_gives_them(name: str, capsys) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, features_only=True, out_indices=tuple(range(len(feature_table([name])[0]["levels"]))))
+    with torch.no_grad():
+        real = [list(m.shape[-2:]) for m in model.eval()(torch.randn(1, 3, 75, 75))]  # 75: no multiple of 32
+    assert main(["models", "--features", name, "--img-size", "75", "--json", "-"]) == 0
+    assert [level["size"] for level in json.loads(capsys.readouterr().out)[0]["levels"]] == real
+    assert main(["models", "--features", name, "--img-size", "75"]) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[0]
+    assert [cell for cell in header.split() if "x" in cell and cell[0].isdigit()] == [
+        "x".join(map(str, s)) for s in real
+    ]
+    assert "map size for a 75x75 input" in out

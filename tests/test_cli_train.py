@@ -239,3 +239,21 @@ def test_full_demo_reaches_the_accuracy_the_readme_states(tmp_path: Path) -> Non
     evaluation = json.loads((out / "eval.json").read_text())
     assert evaluation["num_images"] == 359
     assert round(evaluation["top1"], 3) >= 0.955, evaluation["top1"]
+
+
+def test_workers_help_states_the_defaults_that_training_picks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shufflenet.cli import build_parser
+    from shufflenet.training.config import RUNTIME_OPTIONS
+    from shufflenet.training.loaders import resolve_workers
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    text = " ".join(next(a.help for a in train._actions if a.dest == "workers").split())
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for cores, on_cpu, on_gpu in ((16, 4, 8), (7, 1, 6), (1, 0, 1)):
+        monkeypatch.setattr("os.sched_getaffinity", lambda pid, n=cores: set(range(n)), raising=False)
+        assert (resolve_workers(None, cpu), resolve_workers(None, cpu, cached=True)) == (on_cpu, 0)
+        assert resolve_workers(None, cuda) == on_gpu
+    assert "per training process (under torchrun: per rank)" in text
+    assert "on CPU: none when the images are cached in memory (--cache-images), else a quarter of the cores" in text
+    assert "on a GPU: cores-1, at least 1 and at most 8" in text
+    assert "workers" in RUNTIME_OPTIONS and "May change on --resume" in text

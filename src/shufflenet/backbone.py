@@ -47,13 +47,21 @@ def fpn_backbone(
     return BackboneWithFPN(features, return_layers, info.channels(), out_channels, extra_blocks, norm_layer)
 
 
-def feature_table(names: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Per model: its feature levels (index, module, channels, stride), built on the meta device (no weights)."""
+def feature_table(names: Sequence[str] | None = None, img_size: int = 224) -> list[dict[str, Any]]:
+    """Per model: its feature levels (index, module, channels, stride, the map's ``size`` [H, W] for an
+    ``img_size`` input), built and run on the meta device (shapes only: no weights, no arithmetic)."""
+    if img_size < 1:
+        raise ValueError(f"img_size must be >= 1, got {img_size}")
     rows = []
     for name in names if names is not None else list_models():
         with torch.device("meta"):
-            model = create_model(name)
-        rows.append({"name": name, "levels": feature_info(model)})
+            levels = feature_info(create_model(name))
+            # Run, not stride arithmetic: a size that is no multiple of 32 rounds up at each stride-2 layer.
+            features = create_model(name, features_only=True, out_indices=tuple(range(len(levels)))).eval()
+            maps = features(torch.empty(1, features.in_chans, img_size, img_size))
+        for level, feature_map in zip(levels, maps, strict=True):
+            level["size"] = list(feature_map.shape[-2:])
+        rows.append({"name": name, "levels": levels})
     return rows
 
 

@@ -81,6 +81,18 @@ def test_cli_bench_v1_table_json_and_plot(tmp_path: Path, capsys) -> None:
     assert out_png.read_bytes()[:8] == PNG_MAGIC
 
 
+def test_cli_bench_json_to_stdout_still_writes_the_plot(tmp_path: Path, capsys) -> None:
+    out_png = tmp_path / "b.png"
+    args = ["bench", "--model", "shufflenet_v1_g3_x0_25", "--img-size", "32", "--batch-sizes", "1"]
+    args += ["--backends", "torch", "--precisions", "fp32", "--threads", "1", "--time", "0.02"]
+    assert main([*args, "--json", "-", "--plot", str(out_png), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)  # nothing but the JSON on stdout
+    assert {r["label"] for r in data["rows"]} == {"shufflenet eager", "torch fp32"}
+    assert out_png.read_bytes()[:8] == PNG_MAGIC
+    assert captured.err == f"wrote {out_png}\n"
+
+
 def test_cli_bench_with_checkpoint(tmp_path: Path, capsys) -> None:
     model = create_model("shufflenet_v2_x0_5", num_classes=3)
     ckpt = save_checkpoint(tmp_path / "best.pt", make_checkpoint(model, "shufflenet_v2_x0_5", ["a", "b", "c"]))
@@ -89,6 +101,25 @@ def test_cli_bench_with_checkpoint(tmp_path: Path, capsys) -> None:
     assert "torchvision eager" in capsys.readouterr().out
     assert main([*args, "--model", "shufflenet_v1_g3_x0_25", "--quiet"]) == 2
     assert "holds a shufflenet_v2_x0_5" in capsys.readouterr().err
+
+
+def test_cli_bench_model_that_disagrees_with_an_exported_file_is_an_error_naming_both(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("onnxruntime")
+    from shufflenet import deploy
+    from shufflenet.checkpoints import load_model
+
+    torch.manual_seed(0)
+    model = create_model("shufflenet_v2_x0_5", num_classes=3)
+    ckpt = save_checkpoint(tmp_path / "best.pt", make_checkpoint(model, "shufflenet_v2_x0_5", ["a", "b", "c"]))
+    exported = deploy.export_onnx(load_model(ckpt), tmp_path / "m.onnx", img_size=32)
+    args = ["bench", "--weights", str(exported), "--batch-sizes", "1", "--backends", "onnxruntime", "--quiet"]
+    args += ["--precisions", "fp32", "--threads", "1", "--time", "0.02"]
+    expected = f"--model shufflenet_v1_g3_x0_25 but {exported} holds a shufflenet_v2_x0_5; drop --model or fix it"
+    for reference in ([], ["--reference", str(ckpt)]):  # named before the missing --reference is
+        assert main([*args, *reference, "--model", "shufflenet_v1_g3_x0_25"]) == 2
+        assert expected in capsys.readouterr().err
+    assert main([*args, "--reference", str(ckpt), "--model", "shufflenet_v2_x0_5"]) == 0  # agreeing is fine
+    assert "onnxruntime fp32 (m.onnx)" in capsys.readouterr().out
 
 
 def test_cli_bench_errors(capsys) -> None:

@@ -492,9 +492,21 @@ def test_convert_cli_writes_a_self_describing_checkpoint(
     assert model.checkpoint_meta["converted_from"]["format"] == "megvii ShuffleNet v1"
     assert model.class_names == [str(i) for i in range(10)]
     assert_same(our_logits(model, model.preprocessing, photos), reference_logits(reference, megvii_input, photos))
-    # never overwrites by accident
+    # never overwrites by accident; --overwrite as every command spells it, --force as before (with a warning)
+    out.write_bytes(b"an older file")
     assert main(["convert", "--from", "megvii", str(path), str(out)]) == 2
-    assert "exists; pass --force" in capsys.readouterr().err
+    assert f"{out} already exists; pass overwrite=True (CLI: --overwrite)" in capsys.readouterr().err
+    assert out.read_bytes() == b"an older file"
+    assert main(["convert", "--from", "megvii", "--overwrite", str(path), str(out)]) == 0
+    assert "deprecated" not in capsys.readouterr().err and load_model(out).arch == "shufflenet_v1_g3_x0_5"
+    out.write_bytes(b"an older file")
+    assert main(["convert", "--from", "megvii", "--force", str(path), str(out)]) == 0
+    assert capsys.readouterr().err == "shufflenet convert: warning: --force is deprecated; use --overwrite\n"
+    assert load_model(out).arch == "shufflenet_v1_g3_x0_5"
+    with pytest.raises(SystemExit):
+        main(["convert", "--help"])
+    shown = capsys.readouterr().out
+    assert "--overwrite" in shown and "--force" not in shown
 
 
 def test_mmpretrain_v1_file_converts_with_classes_and_preprocessing(tmp_path: Path, photos: list[Image.Image]) -> None:

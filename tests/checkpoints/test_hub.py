@@ -12,8 +12,11 @@ import dataclasses
 import hashlib
 import io
 import json
+import multiprocessing
 import re
+import socket
 import threading
+import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -27,6 +30,7 @@ from torchvision.models._meta import _IMAGENET_CATEGORIES
 
 from shufflenet.checkpoints import MIRROR_ENV, WeightsDownloadError, find_weights, load_model, pretrained
 from shufflenet.checkpoints.formats.mmpretrain import MMPRETRAIN_PREPROCESSING
+from shufflenet.checkpoints.hub import TIMEOUT_ENV
 from shufflenet.cli import main
 from shufflenet.models import create_model
 
@@ -38,14 +42,16 @@ class Server:
 
     def __init__(self, root: Path) -> None:
         self.root, self.requests = root, []
-        requests = self.requests
+        self.delay_s = 0.0  # before each answer: a slow server, so that downloads overlap
+        owner = self
 
         class Handler(SimpleHTTPRequestHandler):
             def __init__(self, *args: object, **kwargs: object) -> None:
                 super().__init__(*args, directory=str(root), **kwargs)
 
             def do_GET(self) -> None:
-                requests.append(self.path)
+                owner.requests.append(self.path)
+                time.sleep(owner.delay_s)
                 super().do_GET()
 
             def log_message(self, *args: object) -> None:
@@ -76,6 +82,11 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Server:
 
 def cache(tmp_path: Path) -> Path:
     return tmp_path / "torch_home" / "hub" / "checkpoints"
+
+
+def weight_files(tmp_path: Path) -> list[str]:
+    """The cache's files (partial downloads included), less the download locks in .locks/."""
+    return sorted(p.name for p in cache(tmp_path).iterdir() if p.name != ".locks")
 
 
 def publish(server: Server, monkeypatch: pytest.MonkeyPatch, model: str, source: str, contents: object) -> Path:
@@ -151,7 +162,7 @@ def test_file_whose_hash_does_not_match_is_refused_and_leaves_nothing_behind(
     flip_a_byte(served)  # same name, other contents
     with pytest.raises(WeightsDownloadError, match=rf"{re.escape(server.url)}/models/{served.name} is not the publ"):
         create_model(X0_5, pretrained=True)
-    assert list(cache(tmp_path).iterdir()) == []  # no partial file, no bad file
+    assert weight_files(tmp_path) == []  # no partial file, no bad file
 
 
 def test_a_damaged_cached_file_is_refused_not_used(
@@ -222,7 +233,109 @@ def test_mirror_without_the_file_names_the_http_error(server: Server, tmp_path: 
     with pytest.raises(WeightsDownloadError, match=message):
         create_model(X0_5, pretrained=True)
     assert server.requests == [f"/models/{weights.file_name}"]
-    assert list(cache(tmp_path).iterdir()) == []
+    assert weight_files(tmp_path) == []
+
+
+class StallingServer:
+    """127.0.0.1: accepts one connection, reads the request, sends ``head`` (maybe nothing) and then nothing more
+    until stopped or ``STALL_S`` pass; ``requests`` counts the requests read."""
+
+    STALL_S = 20.0
+
+    def __init__(self, head: bytes) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(self.STALL_S)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.released, self.requests = threading.Event(), 0
+        self.thread = threading.Thread(target=self._serve_one, args=(head,), daemon=True)
+        self.thread.start()
+
+    def _serve_one(self, head: bytes) -> None:
+        try:
+            connection, _ = self.listener.accept()
+        except OSError:  # stopped, or nobody came
+            return
+        with connection:
+            connection.recv(65536)
+            self.requests += 1
+            connection.sendall(head)
+            self.released.wait(self.STALL_S)
+
+    def stop(self) -> None:
+        self.released.set()
+        self.listener.close()
+        self.thread.join(timeout=10)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"", b"HTTP/1.0 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 5000],
+    ids=["before-the-response", "mid-file"],
+)
+def test_a_stalled_download_stops_after_the_timeout_naming_url_and_remedies_and_keeps_nothing(
+    head: bytes, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    stalling = StallingServer(head)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv(MIRROR_ENV, stalling.url)
+    monkeypatch.setenv(TIMEOUT_ENV, "0.5")
+    weights = find_weights(X0_5)
+    message = (
+        rf"could not download {re.escape(stalling.url)}/models/{re.escape(weights.file_name)} \(no data for 0.5 s; "
+        rf"{TIMEOUT_ENV} sets how long to wait\); put {re.escape(weights.file_name)} into .* by hand, "
+        rf"or set {MIRROR_ENV}"
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(WeightsDownloadError, match=message):
+            create_model(X0_5, pretrained=True)
+        waited = time.monotonic() - started
+    finally:
+        stalling.stop()
+    assert stalling.requests == 1
+    assert waited < StallingServer.STALL_S / 2  # it gave up; it was not the server hanging up
+    assert weight_files(tmp_path) == []  # torch.hub's .partial file is gone
+    assert socket.getdefaulttimeout() is None  # the process's default is back
+
+
+def test_a_download_timeout_that_is_not_seconds_is_refused_naming_the_variable(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(TIMEOUT_ENV, "soon")
+    with pytest.raises(WeightsDownloadError, match=rf"{TIMEOUT_ENV}='soon' is not a number of seconds > 0"):
+        create_model(X0_5, pretrained=True)
+    assert server.requests == []
+
+
+def download_in_this_process(weights: object, start: object, results: object) -> None:
+    """A torchrun rank's part (run in a spawned process): wait for the others, then fetch ``weights``."""
+    from shufflenet.checkpoints import download_weights
+    from shufflenet.checkpoints.files import file_sha256
+
+    start.wait(120)
+    path = download_weights(weights, progress=False)
+    results.put((str(path), file_sha256(path)))
+
+
+def test_processes_that_want_the_same_file_at_once_download_it_once_and_all_get_it_verified(
+    server: Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    served = publish(server, monkeypatch, X0_5, "torchvision", torchvision_reference().state_dict())
+    server.delay_s = 2.0  # a download takes that long, so the second process asks while the first one fetches
+    weights = find_weights(X0_5)
+    context = multiprocessing.get_context("spawn")  # like torchrun: fresh interpreters, environment inherited
+    start, results = context.Barrier(2), context.Queue()
+    ranks = [context.Process(target=download_in_this_process, args=(weights, start, results)) for _ in range(2)]
+    for rank in ranks:
+        rank.start()
+    for rank in ranks:
+        rank.join(timeout=180)
+    assert [rank.exitcode for rank in ranks] == [0, 0]
+    got = [results.get(timeout=5) for _ in ranks]
+    expected = (str(cache(tmp_path) / served.name), hashlib.sha256(served.read_bytes()).hexdigest())
+    assert got == [expected, expected]
+    assert server.requests == ["/" + str(served.relative_to(server.root))]
+    assert weight_files(tmp_path) == [served.name]
 
 
 def test_train_by_name_starts_from_the_downloaded_weights(

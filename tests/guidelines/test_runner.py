@@ -106,9 +106,22 @@ def test_cli_cuda_without_cuda_is_a_clear_error(capsys) -> None:
     assert "CUDA is not available" in err and "--device cpu" in err
 
 
-def test_cli_missing_output_directory_fails_before_timing(tmp_path, capsys) -> None:
-    assert main(["guidelines", "--quick", "--plot", str(tmp_path / "no" / "g.png")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+def test_cli_makes_the_output_folders_and_says_what_it_wrote(tmp_path, capsys) -> None:
+    json_path, png_path = tmp_path / "new" / "runs" / "g.json", tmp_path / "other" / "g.png"
+    tiny = ["--input-size", "8", "--min-time", "0", "--repeats", "1", "--warmup", "0", "--batch-size", "1"]
+    argv = ["guidelines", "--quick", "--experiments", "G1", *tiny, "--json", str(json_path), "--plot", str(png_path)]
+    assert main(argv) == 0
+    assert json.loads(json_path.read_text())["settings"]["experiments"] == ["G1"]
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert capsys.readouterr().err.splitlines()[-2:] == [f"wrote {json_path}", f"wrote {png_path}"]
+
+
+def test_cli_output_path_that_cannot_be_made_fails_before_timing(tmp_path, capsys) -> None:
+    (tmp_path / "file").write_text("in the way")
+    assert main(["guidelines", "--quick", "--plot", str(tmp_path / "file" / "sub" / "g.png")]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot make the folder {tmp_path / 'file' / 'sub'}, a file is in the way" in err
+    assert "G1" not in err  # no experiment started
 
 
 def test_run_without_onednn_restores_the_global_flag() -> None:

@@ -44,7 +44,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Time every available backend and precision in this process, interleaved, beside "
         "torchvision's eager ShuffleNetV2 (v2) or our eager model (v1). Prints a table; JSON and PNG optional.",
     )
-    parser.add_argument("--model", help="registered model name (see `shufflenet models`)")
+    parser.add_argument(
+        "--model",
+        help="registered model name (see `shufflenet models`); with --weights naming its architecture (our "
+        "checkpoint, an .onnx/.xml file) it may be left out, and must match",
+    )
     parser.add_argument(
         "--weights",
         metavar="FILE",
@@ -58,7 +62,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--batch-sizes", type=_int_list, default=[1, 8, 32], help="e.g. 1,8,32 (default)")
     parser.add_argument(
-        "--img-size", type=int, help="input height and width (default 224; an .onnx/.xml file: its crop size)"
+        "--img-size", type=int, help="input height and width (default 224; an .onnx/.xml file: its input size)"
     )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for every backend (default 2)")
     parser.add_argument("--backends", type=_str_list(deploy.BACKENDS), help="subset, e.g. torch,onnxruntime")
@@ -103,6 +107,13 @@ def _print_file_accuracy(meta: dict) -> None:
     )
 
 
+def _check_model_option(args: argparse.Namespace, held: str | None) -> None:
+    # A checkpoint of ours or an exported file names its architecture: a --model that disagrees is a mistake
+    # (the wrong file, or the wrong name), never a request to time another model.
+    if args.model and held and args.model != held:
+        raise ValueError(f"--model {args.model} but {args.weights} holds a {held}; drop --model or fix it")
+
+
 def _load(args: argparse.Namespace) -> tuple[nn.Module, str]:
     if args.weights is None:
         if not args.model:
@@ -111,8 +122,7 @@ def _load(args: argparse.Namespace) -> tuple[nn.Module, str]:
     raw = read_file(args.weights)
     if raw.get("format") == CHECKPOINT_FORMAT:
         model = load_model(args.weights)
-        if args.model and args.model != model.arch:
-            raise ValueError(f"--model {args.model} but {args.weights} holds a {model.arch}; drop --model or fix it")
+        _check_model_option(args, model.arch)
         return model, model.arch
     if not args.model:
         raise ValueError(f"{args.weights} is a plain state_dict; say which architecture with --model NAME")
@@ -129,8 +139,12 @@ def run(args: argparse.Namespace) -> int:
     files, meta = {}, {}
     if args.weights is not None and is_exported_file(args.weights):
         meta = deploy.read_onnx_metadata(args.weights)
+        _check_model_option(args, meta.get("arch"))  # the file fixes the architecture; say so before loading
         model, files = _load_file(args, meta)
-        name, args.img_size = model.arch, args.img_size or model.preprocessing.crop_size
+        _check_model_option(args, model.arch)
+        # The file's own input size: it may have been exported at another size than its checkpoint's crop.
+        size = meta.get("input_size")
+        name, args.img_size = model.arch, args.img_size or (size[-1] if size else model.preprocessing.crop_size)
     else:
         model, name = _load(args)
     args.img_size = args.img_size or 224
@@ -150,10 +164,12 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.json:
         write_json(args.json, result.to_dict())
-        if args.json == "-":
-            return 0
     if args.plot:
         bench.plot(result, args.plot)
+    if args.json == "-":  # standard output holds the JSON alone
+        if args.plot:
+            print(f"wrote {args.plot}", file=sys.stderr)
+        return 0
     machine = result.machine
     print(
         f"{name} at {args.img_size}x{args.img_size}, {machine['threads']} threads, {machine['cpu']} "

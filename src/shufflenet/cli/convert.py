@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from shufflenet.checkpoints import SOURCES, convert_checkpoint, save_checkpoint
+from shufflenet.fileio import check_output_path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -22,17 +24,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("input", metavar="IN", help="the foreign checkpoint (.pth, .pth.tar, .safetensors)")
     parser.add_argument("output", metavar="OUT", help="where to write ours (.pt or .safetensors)")
-    parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    # The old name, kept working for users' scripts; off the help page, and it says so when used.
+    parser.add_argument("--force", action="store_true", help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Convert IN and write OUT."""
     output = Path(args.output)
-    if output.exists() and not args.force:
-        raise FileExistsError(f"{output} exists; pass --force to overwrite it")
+    if args.force:
+        print("shufflenet convert: warning: --force is deprecated; use --overwrite", file=sys.stderr)
     if output.suffix not in (".pt", ".pth", ".safetensors"):
         raise ValueError(f"output {output} must end in .pt, .pth or .safetensors")
+    check_output_path(output, overwrite=args.overwrite or args.force)
     checkpoint = convert_checkpoint(args.input, arch=args.model, source=args.source)
     save_checkpoint(output, checkpoint)
     prep = checkpoint["preprocessing"]

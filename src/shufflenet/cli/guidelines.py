@@ -166,12 +166,22 @@ def format_report(results: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     """Run the experiments, print the tables and verdicts, write JSON / plot when asked."""
     config = _config(args)
+    # Their folders are made now, as every command's --json makes its folder, so that a path that cannot be
+    # written stops the run before minutes of timing rather than after.
     for option, value in (("--json", args.json), ("--plot", args.plot)):
-        if value and value != "-" and not Path(value).resolve().parent.is_dir():
-            raise FileNotFoundError(f"{option} {value}: directory {Path(value).resolve().parent} does not exist")
+        if value and value != "-":
+            folder = Path(value).resolve().parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise NotADirectoryError(
+                    f"{option} {value}: cannot make the folder {folder}, a file is in the way; give another path"
+                ) from None
     results = run_guidelines(config, progress=_progress)
     if args.json:
         write_json(args.json, results)
+        if args.json != "-":
+            print(f"wrote {args.json}", file=sys.stderr)
     if args.plot:
         path = save_plot(results, args.plot)
         print(f"wrote {path}", file=sys.stderr)

@@ -118,7 +118,13 @@ def _add_machine_options(parser: argparse._ArgumentGroup) -> None:
         default=None,
         help="NHWC memory format (default: on for CPU and CUDA)",
     )
-    parser.add_argument("--workers", type=int, help="data-loading processes (default: 0 on CPU, cores-1 on GPU)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="DataLoader processes per training process (under torchrun: per rank). Default on CPU: none when the "
+        "images are cached in memory (--cache-images), else a quarter of the cores, rounded down; on a GPU: "
+        "cores-1, at least 1 and at most 8. May change on --resume",
+    )
     parser.add_argument(
         "--threads", type=int, help="PyTorch CPU threads (default: one per core; 1 is faster on a busy machine)"
     )
