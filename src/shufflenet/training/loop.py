@@ -140,7 +140,7 @@ class _Run:
     mixer: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None
     ema: nn.Module | None
     steps_per_epoch: int
-    ddp_model: nn.Module | None = None
+    ddp_model: nn.Module | None = None  # what the steps call: DDP's wrapper and/or torch.compile's, when used
 
     @property
     def objects(self) -> dict[str, Any]:
@@ -201,6 +201,8 @@ def _train_in_run_dir(
     if dist.world_size > 1:
         device_ids = [dist.device.index] if dist.device.type == "cuda" else None
         run.ddp_model = nn.parallel.DistributedDataParallel(run.model, device_ids=device_ids)
+    if cfg.compile:  # the steps call the compiled module; checkpoints and validation use the plain one
+        run.ddp_model = torch.compile(run.model if run.ddp_model is None else run.ddp_model)
     if dist.is_main:
         run_folder.write_run_info(
             run_dir, cfg, data.class_names, dist, dist.device, amp_dtype, channels_last, data.workers, data.bundle
@@ -294,7 +296,7 @@ def _train_steps(run: _Run, epoch: int, at: ResumePoint, stop: StopRequest) -> _
     steps_per_epoch = run.steps_per_epoch
     data.sampler.set_epoch(epoch, skip=at.step * cfg.batch_size)
     set_train_mode(run.model, cfg.freeze_backbone)
-    model = run.ddp_model or run.model
+    model = run.model if run.ddp_model is None else run.ddp_model
     autocast = partial(torch.autocast, device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None)
     check_every = cfg.check_every or (1 if device.type == "cpu" else 16)
     done = _EpochSteps(at.step, at.sums.clone(), run.optimizer.param_groups[0]["lr"], at.seconds)
