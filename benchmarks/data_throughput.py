@@ -99,9 +99,11 @@ class _ReadEverySample(torch.utils.data.Dataset):
         import gc
 
         samples = self.dataset.samples
+        # as the dataset reads an item: FileList.name (a str) where it exists, the stored Path before
+        name = samples.name if hasattr(samples, "name") else (lambda i: str(samples[i][0]))
+        chunk = range(k * self.chunk, min(len(samples), (k + 1) * self.chunk))
         total = sum(
-            len(str(samples[i][0])) + samples[i][1]
-            for i in range(k * self.chunk, min(len(samples), (k + 1) * self.chunk))
+            len(name(i)) + int(samples.labels[i] if hasattr(samples, "labels") else samples[i][1]) for i in chunk
         )
         gc.collect()
         return total
@@ -131,6 +133,7 @@ def memory(data: Path, workers: int) -> dict[str, float]:
         "main_private": main["private"],
         "worker_rss": max(w["rss"] for w in per_worker),
         "worker_private": max(w["private"] for w in per_worker),
+        "total_pss": main["pss"] + sum(w["pss"] for w in per_worker),  # the machine's memory, shared pages once
     }
 
 
@@ -223,11 +226,13 @@ def main() -> None:
         print(f"| {files} | {med['first_step_s']:.1f} | {med['main_rss_mib']:.0f} | {med['worker_rss_mib']:.0f} |")
     elif args.command == "memory":
         row = memory(args.data, args.workers)
-        print("| files | listed (s) | trainer RSS / private (MiB) | each worker RSS / private (MiB) |")
-        print("|---|---|---|---|")
+        print(
+            "| files | listed (s) | trainer RSS / private (MiB) | each worker RSS / private (MiB) | total PSS (MiB) |"
+        )
+        print("|---|---|---|---|---|")
         print(
             f"| {row['files']} | {row['listed_s']:.1f} | {row['main_rss']:.0f} / {row['main_private']:.0f} "
-            f"| {row['worker_rss']:.0f} / {row['worker_private']:.0f} |"
+            f"| {row['worker_rss']:.0f} / {row['worker_private']:.0f} | {row['total_pss']:.0f} |"
         )
     else:
         print("| size | draft | img/s, one process (median) |")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import gc
 import os
+import pathlib
 import pickle
 import types
 from pathlib import Path
 
+import pytest
 import torch
 from image_files import make_tree
 
@@ -43,6 +45,25 @@ def test_dataset_holds_the_same_number_of_objects_for_10_and_10000_files() -> No
     large = ImageFolderDataset(fake_samples(10_000), [f"c{i}" for i in range(100)], PRE.eval_transform())
     assert objects_held(large) == objects_held(small)
     assert large.samples[9_999] == (Path("/data/train/class_099/0009999.jpg"), 99)
+
+
+@pytest.mark.skipif(not hasattr(pathlib.PurePath, "_from_parts"), reason="pathlib interns names in Python 3.11 only")
+def test_reading_an_item_builds_no_pathlib_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Python 3.11's pathlib interns every part of a name it parses: in a forked worker that writes into the
+    # trainer's table of interned strings (filled while listing), a copied page per few names read.
+    samples, classes = scan_image_folder(make_tree(tmp_path, {"x": 2, "y": 2}))
+    dataset = ImageFolderDataset(samples, classes, PRE.eval_transform())
+    dataset[0]  # PIL loads its format plugins on the first read (once per process)
+    built: list[tuple] = []
+    original = pathlib.PurePath._from_parts.__func__
+
+    def counting(cls: type, args: tuple) -> pathlib.PurePath:
+        built.append(args)
+        return original(cls, args)
+
+    monkeypatch.setattr(pathlib.PurePath, "_from_parts", classmethod(counting))
+    images = [dataset[i][0] for i in range(4)]
+    assert len(images) == 4 and built == []
 
 
 def test_file_list_gives_back_paths_labels_and_survives_pickling(tmp_path: Path) -> None:

@@ -82,7 +82,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             i = (index + step) % n
             if i in self._bad:
                 continue
-            path, label = self.samples[i]
+            path, label = self.samples.name(i), int(self.samples.labels[i])  # str: see FileList.name
             try:
                 image = self.load(path) if self.load is not None else load_image(path, draft_size=self.draft_size)
             except BadImageError as exc:

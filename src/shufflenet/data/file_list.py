@@ -36,11 +36,20 @@ class FileList(Sequence[Sample]):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def path(self, index: int) -> Path:
-        """The ``index``-th file's path (negative indices count from the end)."""
+    def name(self, index: int) -> str:
+        """The ``index``-th file's path as a string (negative indices count from the end).
+
+        What loader workers read: building a ``pathlib.Path`` interns each part of the name in Python 3.11,
+        which writes into the interpreter's table of interned strings that the trainer filled while listing,
+        so a worker copying that table's pages would grow with the number of files again.
+        """
         index = self._check(index)
         start = int(self._ends[index - 1]) if index else 0
-        return Path(os.fsdecode(self._blob[start : int(self._ends[index])]))
+        return os.fsdecode(self._blob[start : int(self._ends[index])])
+
+    def path(self, index: int) -> Path:
+        """The ``index``-th file's path."""
+        return Path(self.name(index))
 
     @overload
     def __getitem__(self, index: int) -> Sample: ...

@@ -89,9 +89,9 @@ def read_encoded(path: str | Path) -> Encoded:
     Raises BadImageError as :func:`~shufflenet.data.load_image` does for files that cannot be opened; a JPEG
     whose data is corrupt past its header is found on the device (:meth:`EncodedBatch.to`).
     """
-    path = Path(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as file:  # not pathlib: workers read str paths (data/file_list.py)
+            data = file.read()
     except OSError as exc:
         raise BadImageError(path, f"cannot read file ({exc.strerror or exc})") from None
     if not data:
