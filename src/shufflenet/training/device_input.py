@@ -303,16 +303,20 @@ def build_pipeline(
     auto_augment: str | None,
     random_erase: float,
     bad_log: BadImageLog | None = None,
+    make_train: Callable[..., Callable[[Any], Tensor]] = train_transform,
 ) -> Pipeline:
-    """The worker side of pipeline ``name`` for training crops of ``size`` and validation by ``preprocessing``."""
+    """The worker side of pipeline ``name`` for training crops of ``size`` and validation by ``preprocessing``.
+
+    ``make_train`` builds the workers' uint8 training transform (:func:`~shufflenet.transforms.train_transform`).
+    """
     if name not in INPUT_PIPELINES:
         raise ValueError(f"input_pipeline must be one of {', '.join(INPUT_PIPELINES)}; got {name!r}")
     if name == "workers":
-        train = train_transform(preprocessing, crop_scale, hflip, size, auto_augment, random_erase)
+        train = make_train(preprocessing, crop_scale, hflip, size, auto_augment, random_erase)
         return Pipeline(name, (train, eval_transform(preprocessing)), None, None)
     collate = Collate(preprocessing, size, bad_log)
     if name == "device":
-        train = train_transform(preprocessing, crop_scale, False, size, auto_augment, random_erase)
+        train = make_train(preprocessing, crop_scale, False, size, auto_augment, random_erase)
         return Pipeline(name, (DrawFlip(train, hflip), eval_transform(preprocessing)), None, collate)
     if auto_augment or random_erase:
         raise ValueError(

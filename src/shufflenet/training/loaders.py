@@ -29,7 +29,7 @@ from shufflenet.training.device_input import build_pipeline, check_pipeline
 from shufflenet.training.distributed import Distributed
 from shufflenet.training.run_folder import SPLIT_FILE
 from shufflenet.training.signals import ignore_stop_signals
-from shufflenet.transforms import Preprocessing, batch_normalizer
+from shufflenet.transforms import Preprocessing, batch_normalizer, train_transform
 
 log = logging.getLogger("shufflenet.training")
 
@@ -65,7 +65,9 @@ def build_data(
     # What the loader workers do and what the device does (training/device_input.py)
     check_pipeline(cfg.input_pipeline, dist.device)
     augment = (cfg.crop_scale, cfg.hflip, cfg.auto_augment, cfg.random_erase)
-    pipeline = build_pipeline(cfg.input_pipeline, preprocessing, cfg.img_size, *augment, bad_log=bad_log)
+    pipeline = build_pipeline(
+        cfg.input_pipeline, preprocessing, cfg.img_size, *augment, bad_log=bad_log, make_train=train_transform
+    )
     # Rank 0 writes split.json; the others compute the same seeded split, or read the file if it already was
     # (a resume reads the saved file lists: no rescan, no new split).
     listed = time.perf_counter()
