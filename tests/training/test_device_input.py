@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 import shufflenet
 from conftest import TINY, write_images
@@ -33,7 +34,9 @@ def batches(samples: list, classes: list[str], name: str, split: int, bad_log: B
     moved = ImageFolderDataset(samples, classes, other.transforms[split], load=other.load, bad_log=bad_log)
     keys = [(2, i) for i in range(len(samples))]  # epoch 2: (epoch, index) seeds each image's draws
     reference = torch.stack([plain[key][0] for key in keys])
-    batch, labels = other.collate([SeededSamples(moved, seed=3)[key] for key in keys])
+    # through a loader worker process, as in training: the batch is collated there and pickled back
+    loader = DataLoader(SeededSamples(moved, seed=3), len(keys), sampler=keys, num_workers=1, collate_fn=other.collate)
+    batch, labels = next(iter(loader))
     normalize = batch_normalizer(PRE)
     return normalize(reference), normalize(batch.to("cpu", memory_format=torch.channels_last)), labels
 

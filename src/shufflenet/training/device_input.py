@@ -18,6 +18,7 @@ usual normaliser takes, so the loop and evaluation move batches as before.
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -60,13 +61,14 @@ class Encoded:
     validation resize and centre crop.
     """
 
-    data: Tensor
+    data: Tensor | None  # None once collated: the batch holds every item's data in one buffer
     height: int
     width: int
     source: str
     orientation: int = 1
     box: tuple[int, int, int, int] | None = None
     flip: bool = False
+    shape: tuple[int, ...] = ()  # the data's shape, kept when it moves into the batch's buffer
 
 
 def check_pipeline(name: str, device: torch.device) -> None:
@@ -172,9 +174,14 @@ class CroppedBatch:
 
 @dataclass
 class EncodedBatch:
-    """A batch of :class:`Encoded`; ``.to(device)`` decodes, orients, crops, resizes and flips it there."""
+    """A batch of :class:`Encoded`; ``.to(device)`` decodes, orients, crops, resizes and flips it there.
+
+    The items' bytes (and PIL-decoded images) travel in one ``payload`` tensor: one shared-memory buffer from
+    a loader worker per batch, not one per image (each would cost the DataLoader a file descriptor).
+    """
 
     items: list[Encoded]
+    payload: Tensor  # every item's data, flattened and concatenated
     size: tuple[int, int]  # the training crop's (height, width)
     resize_size: int  # validation: shorter side, then a centre crop of crop_size
     crop_size: int
@@ -199,16 +206,18 @@ class EncodedBatch:
 
     def _decode(self, device: torch.device) -> list[Tensor]:
         """Each item's upright uint8 CHW image on ``device``; an undecodable file takes the next good one's."""
-        encoded = [i for i, item in enumerate(self.items) if item.data.ndim == 1]
-        images: list[Tensor | None] = [item.data.to(device) if item.data.ndim == 3 else None for item in self.items]
+        sizes = [math.prod(item.shape) for item in self.items]
+        data = [part.view(item.shape) for part, item in zip(self.payload.split(sizes), self.items, strict=True)]
+        encoded = [i for i, item in enumerate(self.items) if len(item.shape) == 1]
+        images: list[Tensor | None] = [d.to(device) if d.ndim == 3 else None for d in data]
         decoded: list[Tensor | None] = []
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*TorchCodec.*")  # torchvision 0.29 points to TorchCodec
             try:
                 if encoded:
-                    decoded = decode_jpeg([self.items[i].data for i in encoded], mode=ImageReadMode.RGB, device=device)
+                    decoded = decode_jpeg([data[i] for i in encoded], mode=ImageReadMode.RGB, device=device)
             except RuntimeError:  # one bad file fails the whole call: find it
-                decoded = [self._decode_one(self.items[i], device) for i in encoded]
+                decoded = [self._decode_one(self.items[i], data[i], device) for i in encoded]
         for i, image in zip(encoded, decoded, strict=True):
             images[i] = None if image is None else _orient(image, self.items[i].orientation)
         good = [i for i, image in enumerate(images) if image is not None]
@@ -217,14 +226,14 @@ class EncodedBatch:
         n = len(images)
         return [images[i] if images[i] is not None else images[min(good, key=lambda g: (g - i) % n)] for i in range(n)]
 
-    def _decode_one(self, item: Encoded, device: torch.device) -> Tensor | None:
+    def _decode_one(self, item: Encoded, data: Tensor, device: torch.device) -> Tensor | None:
         """One JPEG by nvJPEG, else by PIL (features nvJPEG lacks); None, logged, when neither can."""
         try:
-            return decode_jpeg(item.data, mode=ImageReadMode.RGB, device=device)
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
         except RuntimeError:
             pass
         try:
-            image = decode_image(io.BytesIO(item.data.numpy().tobytes()), item.source)
+            image = decode_image(io.BytesIO(data.numpy().tobytes()), item.source)
         except BadImageError as exc:
             if self.bad_log is not None:
                 self.bad_log.record(exc.path, exc.reason)
@@ -276,8 +285,11 @@ class Collate:
             pre = self.preprocessing
             mode = T.InterpolationMode(pre.interpolation)
             items = [item for item, _ in samples]
+            payload = torch.cat([item.data.reshape(-1) for item in items])
+            for item in items:
+                item.shape, item.data = tuple(item.data.shape), None
             size = (self.size, self.size)
-            return EncodedBatch(items, size, pre.resize_size, pre.crop_size, mode, self.bad_log), labels
+            return EncodedBatch(items, payload, size, pre.resize_size, pre.crop_size, mode, self.bad_log), labels
         return default_collate(samples)
 
 

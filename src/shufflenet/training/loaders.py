@@ -303,7 +303,7 @@ class CachedImages(Dataset):
 
     def _decode(self, index: int) -> Tensor | None:
         try:
-            image = load_image(self.dataset.samples[index][0], draft_size=self.size)
+            image = load_image(self.dataset.samples.name(index), draft_size=self.size)
         except BadImageError:
             return None  # the wrapped dataset replaces it (and warns) when it is asked for
         return T.functional.resize(T.functional.pil_to_tensor(image), self.size, antialias=True)
@@ -316,7 +316,7 @@ class CachedImages(Dataset):
         if image is None:
             return self.dataset[index]
         transform = self.dataset.transform
-        return (transform(image) if transform is not None else image), self.dataset.samples[index][1]
+        return (transform(image) if transform is not None else image), int(self.dataset.samples.labels[index])
 
 
 def maybe_cache(choice: bool | None, dataset: ImageFolderDataset, pre: Preprocessing, budget: int) -> Dataset:
