@@ -132,3 +132,16 @@ def test_compile_trains_through_the_compiled_module_and_matches_eager(
     assert len(compiled) == 1 and fast.history[0]["train_loss"] == plain.history[0]["train_loss"]
     a, b = (torch.load(tmp_path / run / "last.pt", weights_only=True)["state_dict"] for run in ("plain", "compiled"))
     assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)  # no _orig_mod. prefixes
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="nvJPEG needs a CUDA GPU")
+def test_gpu_decode_on_cuda_is_the_cpu_path_up_to_decoder_rounding(hymenoptera: Path) -> None:
+    # Not run where these tests were written (no GPU): nvJPEG's IDCT and the float resize CUDA uses for uint8
+    # differ from libjpeg-turbo and the CPU's uint8 resize by a few levels, not by a wrong crop, flip or rotation.
+    samples, classes = scan_image_folder(hymenoptera / "val")
+    pipeline = build_pipeline("gpu-decode", PRE, 64, 0.08, True, None, 0.0)
+    dataset = SeededSamples(ImageFolderDataset(samples[::8], classes, pipeline.transforms[0], load=pipeline.load), 3)
+    keys = [(2, i) for i in range(len(samples[::8]))]
+    on_cpu = pipeline.collate([dataset[key] for key in keys])[0].to("cpu").float()
+    on_gpu = pipeline.collate([dataset[key] for key in keys])[0].to("cuda").cpu().float()
+    assert (on_gpu - on_cpu).abs().mean() < 2.0
