@@ -102,6 +102,7 @@ def test_training_with_the_device_pipeline_is_the_worker_pipeline_s_run(tmp_path
 def test_gpu_decode_is_refused_without_cuda_and_says_what_to_use(image_tree: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"needs a CUDA device.*use --input-pipeline device"):
         shufflenet.train(data=str(image_tree), out=str(tmp_path / "run"), input_pipeline="gpu-decode", **TINY)
+    assert not (tmp_path / "run").exists()  # refused before anything is written
     with pytest.raises(ValueError, match=r"auto-augment and --random-erase"):
         build_pipeline("gpu-decode", PRE, 64, 0.08, True, "trivialaugment", 0.0)
 

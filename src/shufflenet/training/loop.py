@@ -28,6 +28,7 @@ from shufflenet.models import create_model
 from shufflenet.training import run_folder
 from shufflenet.training.augment import batch_mixer, hard_labels
 from shufflenet.training.config import TrainConfig
+from shufflenet.training.device_input import check_pipeline
 from shufflenet.training.distributed import Distributed
 from shufflenet.training.elastic import resolve_auto_resume
 from shufflenet.training.ema import build_ema, ema_state, restore_ema
@@ -90,6 +91,7 @@ def train(config: TrainConfig | None = None, /, **options: Any) -> TrainResult:
 
 
 def _train(cfg: TrainConfig, explicit: set[str], dist: Distributed, stop: StopRequest) -> TrainResult:
+    check_pipeline(cfg.input_pipeline, dist.device)  # before the run folder: gpu-decode needs CUDA
     # The run folder is checked by every rank before rank 0 writes into it.
     run_dir = Path(cfg.out)
     cfg, auto_notes = resolve_auto_resume(cfg, run_dir, explicit)  # --resume auto, torchrun restarts
