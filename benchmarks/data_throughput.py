@@ -6,11 +6,16 @@ Three measurements, each printed as a table:
   100 classes, train/ + val/), for the start-up timing.
 * ``startup``: ``python -m shufflenet train`` from the command to its "first step after N s" line (train.log),
   and the RSS of the main process and of its loader workers at that moment; the run is stopped right after.
+* ``memory``: what the file list costs each loader worker once it has read every sample (an epoch's worth, no
+  decoding) and run Python's garbage collector: private (unshared) and resident memory of the trainer and
+  of each worker, from /proc/PID/smaps_rollup. RSS counts pages a forked worker still shares with the trainer;
+  the private part is what each worker really adds.
 * ``decode``: images/s through one loader process (one core) for the training pipeline (decode with PIL draft,
   RandomResizedCrop, flip) at 224 and 64 px, from the folder; with and without draft.
 
     .venv/bin/python benchmarks/data_throughput.py build --out /tmp/synth10k --images 10000
     .venv/bin/python benchmarks/data_throughput.py startup --data /tmp/synth10k [--workers 2]
+    .venv/bin/python benchmarks/data_throughput.py memory --data /tmp/synth10k [--workers 2]
     .venv/bin/python benchmarks/data_throughput.py decode --data /tmp/synth10k [--images 400]
 
 Timings are medians of repeated runs in one process where a ratio matters (draft vs no draft); on a shared
@@ -66,6 +71,70 @@ def build(out: Path, images: int, photos: Path, classes: int = 100, val_fraction
 def _rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def _memory_mib(pid: int) -> dict[str, float]:
+    """Resident, proportional and private (unshared) memory of a process, in MiB."""
+    fields = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if rest.strip().endswith("kB"):
+                fields[name] = int(rest.split()[0]) / 1024
+    private = fields["Private_Clean"] + fields["Private_Dirty"]
+    return {"rss": fields["Rss"], "pss": fields["Pss"], "private": private}
+
+
+class _ReadEverySample(torch.utils.data.Dataset):
+    """Item k reads the (path, label) of samples [k * chunk, (k + 1) * chunk), as a loader worker does over an
+    epoch, then runs the garbage collector (which a long-lived worker does now and then)."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, chunk: int = 2048) -> None:
+        self.dataset, self.chunk = dataset, chunk
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.chunk)
+
+    def __getitem__(self, k: int) -> int:
+        import gc
+
+        samples = self.dataset.samples
+        # as the dataset reads an item: FileList.name (a str) where it exists, the stored Path before
+        name = samples.name if hasattr(samples, "name") else (lambda i: str(samples[i][0]))
+        chunk = range(k * self.chunk, min(len(samples), (k + 1) * self.chunk))
+        total = sum(
+            len(name(i)) + int(samples.labels[i] if hasattr(samples, "labels") else samples[i][1]) for i in chunk
+        )
+        gc.collect()
+        return total
+
+
+def memory(data: Path, workers: int) -> dict[str, float]:
+    """Trainer and loader-worker memory (MiB) after the workers read every training sample of ``data``."""
+    import gc
+
+    from shufflenet.data import build_datasets
+    from shufflenet.transforms import Preprocessing
+
+    started = time.perf_counter()
+    bundle = build_datasets(data, Preprocessing.for_size(224), draft=True)
+    listed = time.perf_counter() - started
+    gc.collect()
+    reader = _ReadEverySample(bundle.train)
+    loader = torch.utils.data.DataLoader(reader, batch_size=None, num_workers=workers, persistent_workers=True)
+    assert sum(loader) > 0
+    main = _memory_mib(os.getpid())
+    per_worker = [_memory_mib(pid) for pid in _children(os.getpid())]
+    del loader
+    return {
+        "files": len(bundle.train) + len(bundle.val),
+        "listed_s": listed,
+        "main_rss": main["rss"],
+        "main_private": main["private"],
+        "worker_rss": max(w["rss"] for w in per_worker),
+        "worker_private": max(w["private"] for w in per_worker),
+        "total_pss": main["pss"] + sum(w["pss"] for w in per_worker),  # the machine's memory, shared pages once
+    }
 
 
 def _children(pid: int) -> list[int]:
@@ -137,6 +206,9 @@ def main() -> None:
     s.add_argument("--workers", type=int, default=2)
     s.add_argument("--img-size", type=int, default=224)
     s.add_argument("--repeats", type=int, default=2)
+    m = sub.add_parser("memory")
+    m.add_argument("--data", type=Path, required=True)
+    m.add_argument("--workers", type=int, default=2)
     d = sub.add_parser("decode")
     d.add_argument("--data", type=Path, required=True)
     d.add_argument("--images", type=int, default=400)
@@ -152,6 +224,16 @@ def main() -> None:
         print("|---|---|---|---|")
         med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
         print(f"| {files} | {med['first_step_s']:.1f} | {med['main_rss_mib']:.0f} | {med['worker_rss_mib']:.0f} |")
+    elif args.command == "memory":
+        row = memory(args.data, args.workers)
+        print(
+            "| files | listed (s) | trainer RSS / private (MiB) | each worker RSS / private (MiB) | total PSS (MiB) |"
+        )
+        print("|---|---|---|---|---|")
+        print(
+            f"| {row['files']} | {row['listed_s']:.1f} | {row['main_rss']:.0f} / {row['main_private']:.0f} "
+            f"| {row['worker_rss']:.0f} / {row['worker_private']:.0f} | {row['total_pss']:.0f} |"
+        )
     else:
         print("| size | draft | img/s, one process (median) |")
         print("|---|---|---|")

@@ -77,7 +77,7 @@ def test_verify_true_skips_bad_files_with_one_warning(tmp_path: Path, caplog) ->
     assert len(warnings) == 1
     message = warnings[0].getMessage()
     assert "skipped 3" in message and all(n in message for n in ("cut.jpg", "text.png", "zero.png"))
-    used = {p.name for p, _ in bundle.train.samples + bundle.val.samples}
+    used = {p.name for p, _ in [*bundle.train.samples, *bundle.val.samples]}
     assert len(used) == 4 and not used & {"cut.jpg", "zero.png", "text.png", "notes.txt"}
 
 

@@ -8,7 +8,7 @@ import sys
 
 from shufflenet.cli.common import WEIGHTS_BY_NAME, resolve_weights, setup_logging
 from shufflenet.training import AMP_MODES, OPTIMIZERS, SCHEDULES, TrainConfig
-from shufflenet.training.config import AUTO_AUGMENTS
+from shufflenet.training.config import AUTO_AUGMENTS, INPUT_PIPELINES
 from shufflenet.training.recipes import RECIPES
 
 DEFAULTS = TrainConfig()
@@ -157,6 +157,16 @@ def _add_machine_options(parser: argparse._ArgumentGroup) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="keep decoded, resized images in memory (default: when they fit in 2 GiB)",
+    )
+    parser.add_argument(
+        "--input-pipeline",
+        choices=INPUT_PIPELINES,
+        help="where images are prepared: workers (default: decode, crop, flip in the loader workers), device "
+        "(workers decode and crop, the device flips and normalises), gpu-decode (CUDA: workers read bytes, "
+        "the GPU decodes JPEGs with nvJPEG, crops, resizes, flips)",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", default=None, help="torch.compile the model for the training steps"
     )
 
 

@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
 from shufflenet.data.bad_images import BadImageLog
+from shufflenet.data.file_list import as_file_list
 from shufflenet.data.folders import _check_dir, scan_image_folder
 from shufflenet.data.images import BadImageError, Sample, load_image, verify_images
 from shufflenet.data.splits import (
@@ -53,17 +55,24 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         transform: Callable[[Image.Image], Any] | None = None,
         draft_size: int | None = None,
         bad_log: BadImageLog | None = None,
+        load: Callable[[Path], Any] | None = None,
     ) -> None:
-        self.samples: list[Sample] = [(p if isinstance(p, Path) else Path(p), int(label)) for p, label in samples]
+        # Packed, not a list of tuples: forked loader workers would each copy a list (data/file_list.py).
+        self.samples = as_file_list(samples)
         self.class_names: list[str] = list(class_names)
-        self.targets: list[int] = [label for _, label in self.samples]
         self.transform = transform
         self.draft_size = draft_size
         self.bad_log = bad_log
+        self.load = load  # None: decode with PIL (load_image); the GPU input path reads bytes only
         self._bad: set[int] = set()  # per process (each DataLoader worker has its own copy)
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    @property
+    def targets(self) -> list[int]:
+        """Every sample's label, in order."""
+        return self.samples.labels.tolist()
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         if not self.samples:
@@ -73,9 +82,9 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             i = (index + step) % n
             if i in self._bad:
                 continue
-            path, label = self.samples[i]
+            path, label = self.samples.name(i), int(self.samples.labels[i])  # str: see FileList.name
             try:
-                image = load_image(path, draft_size=self.draft_size)
+                image = self.load(path) if self.load is not None else load_image(path, draft_size=self.draft_size)
             except BadImageError as exc:
                 self._bad.add(i)
                 logger.warning("%s; using the next readable image in its place", exc)
@@ -87,10 +96,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
     def class_counts(self) -> dict[str, int]:
         """Number of samples per class name."""
-        counts = dict.fromkeys(self.class_names, 0)
-        for label in self.targets:
-            counts[self.class_names[label]] += 1
-        return counts
+        counts = np.bincount(self.samples.labels, minlength=len(self.class_names))
+        return {name: int(count) for name, count in zip(self.class_names, counts, strict=True)}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self)} images, {len(self.class_names)} classes)"
@@ -127,6 +134,7 @@ def build_datasets(
     draft: bool = False,
     transforms: tuple[Callable[[Image.Image], Any], Callable[[Image.Image], Any]] | None = None,
     bad_log: BadImageLog | None = None,
+    load: Callable[[Path], Any] | None = None,
 ) -> DataBundle:
     """Train/val datasets from ``train/`` + ``val/`` folders or a seeded stratified split of one class tree.
 
@@ -135,7 +143,8 @@ def build_datasets(
     re-splits (files added since are reported, missing ones are an error). Only file names are read unless
     ``verify``. ``draft=True`` decodes JPEGs at reduced size (>= ``preprocessing.resize_size``).
     ``transforms`` is (train, val); by default :func:`~shufflenet.transforms.train_transform` and
-    :func:`~shufflenet.transforms.eval_transform` of ``preprocessing`` (uint8 tensors).
+    :func:`~shufflenet.transforms.eval_transform` of ``preprocessing`` (uint8 tensors). ``load`` reads a file
+    in place of PIL decoding (the GPU input path's bytes reader).
     """
     data_dir = Path(data_dir)
     layout = detect_layout(data_dir)
@@ -164,6 +173,7 @@ def build_datasets(
 
     train_tf, val_tf = transforms or (train_transform(preprocessing), eval_transform(preprocessing))
     options: dict[str, Any] = {"draft_size": preprocessing.resize_size if draft else None, "bad_log": bad_log}
+    options["load"] = load
     train = ImageFolderDataset(train_samples, class_names, train_tf, **options)
     val = ImageFolderDataset(val_samples, class_names, val_tf, **options)
     return DataBundle(

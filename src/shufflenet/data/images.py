@@ -54,9 +54,8 @@ def load_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
     ``draft_size`` lets the JPEG decoder scale down by 1/2, 1/4 or 1/8 while both sides stay >= draft_size,
     which is much faster for large photos that are resized anyway.
     """
-    path = Path(path)
-    try:
-        size = path.stat().st_size
+    try:  # os.stat, not Path(path).stat(): loader workers call this with strings (data/file_list.py)
+        size = os.stat(path).st_size
     except OSError as exc:
         raise BadImageError(path, f"cannot stat file ({exc.strerror or exc})") from None
     if size == 0:

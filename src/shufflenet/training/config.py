@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from shufflenet.devices import AMP_MODES, DEVICES
+from shufflenet.training.device_input import INPUT_PIPELINES
 from shufflenet.transforms import AUTO_AUGMENT, DEFAULT_CROP_PCT
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "AUTO_AUGMENTS",
     "DEFAULT_WEIGHT_DECAY",
     "DEVICES",
+    "INPUT_PIPELINES",
     "OPTIMIZERS",
     "RUNTIME_OPTIONS",
     "SCHEDULES",
@@ -38,6 +40,8 @@ RUNTIME_OPTIONS = (
     "checkpoint_every",
     "max_bad_images",
     "progress",
+    "input_pipeline",
+    "compile",
 )
 
 
@@ -89,10 +93,13 @@ class TrainConfig:
     resume: bool | str = False  # True: continue from last.pt; "auto": when last.pt holds this run's options
     overwrite: bool = False
     progress: bool = False  # tqdm bars on stderr (the CLI turns them on unless --quiet)
+    input_pipeline: str = "workers"  # workers, device (flip + normalise there), gpu-decode (CUDA: nvJPEG)
+    compile: bool = False  # torch.compile the model for the training steps
 
     def validate(self) -> TrainConfig:
         """Check option values; raises ValueError naming the option and what is allowed."""
         choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "amp": AMP_MODES, "device": DEVICES}
+        choices["input_pipeline"] = INPUT_PIPELINES
         choices["auto_augment"] = (None, *AUTO_AUGMENTS)
         for name, allowed in choices.items():
             value = getattr(self, name)

@@ -25,10 +25,11 @@ from torchvision.transforms import v2 as T
 from shufflenet.data import BadImageError, ImageFolderDataset, build_datasets, load_image
 from shufflenet.data.bad_images import BAD_IMAGES_FILE, BadImageLog, too_many_bad_images
 from shufflenet.training.config import TrainConfig
+from shufflenet.training.device_input import build_pipeline, check_pipeline
 from shufflenet.training.distributed import Distributed
 from shufflenet.training.run_folder import SPLIT_FILE
 from shufflenet.training.signals import ignore_stop_signals
-from shufflenet.transforms import Preprocessing, batch_normalizer, eval_transform, train_transform
+from shufflenet.transforms import Preprocessing, batch_normalizer, train_transform
 
 log = logging.getLogger("shufflenet.training")
 
@@ -60,14 +61,16 @@ def build_data(
     """train/ + val/ folders, or one class tree split (seeded, stratified) and saved to split.json; ``fit``
     adapts the options to the training-set size (the recipe's batch size and epochs; ``TrainData.config``)."""
     preprocessing = Preprocessing.for_size(cfg.eval_size or cfg.img_size, crop_pct=cfg.eval_crop)
-    transforms = (
-        train_transform(preprocessing, cfg.crop_scale, cfg.hflip, cfg.img_size, cfg.auto_augment, cfg.random_erase),
-        eval_transform(preprocessing),
+    bad_log = BadImageLog(run_dir / BAD_IMAGES_FILE)
+    # What the loader workers do and what the device does (training/device_input.py)
+    check_pipeline(cfg.input_pipeline, dist.device)
+    augment = (cfg.crop_scale, cfg.hflip, cfg.auto_augment, cfg.random_erase)
+    pipeline = build_pipeline(
+        cfg.input_pipeline, preprocessing, cfg.img_size, *augment, bad_log=bad_log, make_train=train_transform
     )
     # Rank 0 writes split.json; the others compute the same seeded split, or read the file if it already was
     # (a resume reads the saved file lists: no rescan, no new split).
     listed = time.perf_counter()
-    bad_log = BadImageLog(run_dir / BAD_IMAGES_FILE)
     bundle = build_datasets(
         cfg.data,
         preprocessing,
@@ -75,8 +78,9 @@ def build_data(
         seed=cfg.seed,
         split_file=run_dir / SPLIT_FILE if dist.is_main or split_existed else None,
         draft=True,
-        transforms=transforms,
+        transforms=pipeline.transforms,
         bad_log=bad_log,
+        load=pipeline.load,
     )
     listed = time.perf_counter() - listed
     if fit is not None:
@@ -84,8 +88,9 @@ def build_data(
         for message in notes:
             log.info(message)
     # Half the budget each: the auto cache is for datasets that fit in memory many times over.
-    train_data = maybe_cache(cfg.cache_images, bundle.train, preprocessing, CACHE_BUDGET // 2)
-    val_data = maybe_cache(cfg.cache_images, bundle.val, preprocessing, CACHE_BUDGET // 2)
+    cache = cfg.cache_images if pipeline.load is None else False  # gpu-decode: the workers decode nothing
+    train_data = maybe_cache(cache, bundle.train, preprocessing, CACHE_BUDGET // 2)
+    val_data = maybe_cache(cache, bundle.val, preprocessing, CACHE_BUDGET // 2)
     cached = isinstance(train_data, CachedImages)
     workers = resolve_workers(cfg.workers, dist.device, cached=cached)
     log.info(
@@ -107,6 +112,8 @@ def build_data(
     )
     per_rank = len(sampler.sampler)
     options = loader_options(workers, dist.device)
+    if pipeline.collate is not None:
+        options["collate_fn"] = pipeline.collate
     # BatchNorm cannot train on a batch of one image. The loader's own generator keeps it from drawing on the
     # global RNG, whose state last.pt saves.
     drop_last = per_rank % cfg.batch_size == 1
@@ -116,10 +123,10 @@ def build_data(
     )
     if len(train_loader) == 0:
         raise ValueError(f"{cfg.data}: too few training images for one batch per process; add images")
-    source = f"folder {cfg.data}, {workers} loader workers"
+    source = f"folder {cfg.data}, {workers} loader workers, input pipeline {cfg.input_pipeline}"
     total = len(bundle.train) + len(bundle.val)
     train_loader = WatchedLoader(train_loader, bad_log, total, cfg.max_bad_images, source)
-    val_shard = Subset(val_data, list(range(dist.rank, len(val_data), dist.world_size)))
+    val_shard = Subset(val_data, range(dist.rank, len(val_data), dist.world_size))  # one object, not one per image
     val_loader = DataLoader(val_shard, batch_size=cfg.batch_size, **options)
     return TrainData(
         config=cfg,
@@ -296,7 +303,7 @@ class CachedImages(Dataset):
 
     def _decode(self, index: int) -> Tensor | None:
         try:
-            image = load_image(self.dataset.samples[index][0], draft_size=self.size)
+            image = load_image(self.dataset.samples.name(index), draft_size=self.size)
         except BadImageError:
             return None  # the wrapped dataset replaces it (and warns) when it is asked for
         return T.functional.resize(T.functional.pil_to_tensor(image), self.size, antialias=True)
@@ -309,7 +316,7 @@ class CachedImages(Dataset):
         if image is None:
             return self.dataset[index]
         transform = self.dataset.transform
-        return (transform(image) if transform is not None else image), self.dataset.samples[index][1]
+        return (transform(image) if transform is not None else image), int(self.dataset.samples.labels[index])
 
 
 def maybe_cache(choice: bool | None, dataset: ImageFolderDataset, pre: Preprocessing, budget: int) -> Dataset:

@@ -28,6 +28,7 @@ from shufflenet.models import create_model
 from shufflenet.training import run_folder
 from shufflenet.training.augment import batch_mixer, hard_labels
 from shufflenet.training.config import TrainConfig
+from shufflenet.training.device_input import check_pipeline
 from shufflenet.training.distributed import Distributed
 from shufflenet.training.elastic import resolve_auto_resume
 from shufflenet.training.ema import build_ema, ema_state, restore_ema
@@ -90,6 +91,7 @@ def train(config: TrainConfig | None = None, /, **options: Any) -> TrainResult:
 
 
 def _train(cfg: TrainConfig, explicit: set[str], dist: Distributed, stop: StopRequest) -> TrainResult:
+    check_pipeline(cfg.input_pipeline, dist.device)  # before the run folder: gpu-decode needs CUDA
     # The run folder is checked by every rank before rank 0 writes into it.
     run_dir = Path(cfg.out)
     cfg, auto_notes = resolve_auto_resume(cfg, run_dir, explicit)  # --resume auto, torchrun restarts
@@ -140,7 +142,7 @@ class _Run:
     mixer: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None
     ema: nn.Module | None
     steps_per_epoch: int
-    ddp_model: nn.Module | None = None
+    ddp_model: nn.Module | None = None  # what the steps call: DDP's wrapper and/or torch.compile's, when used
 
     @property
     def objects(self) -> dict[str, Any]:
@@ -201,6 +203,8 @@ def _train_in_run_dir(
     if dist.world_size > 1:
         device_ids = [dist.device.index] if dist.device.type == "cuda" else None
         run.ddp_model = nn.parallel.DistributedDataParallel(run.model, device_ids=device_ids)
+    if cfg.compile:  # the steps call the compiled module; checkpoints and validation use the plain one
+        run.ddp_model = torch.compile(run.model if run.ddp_model is None else run.ddp_model)
     if dist.is_main:
         run_folder.write_run_info(
             run_dir, cfg, data.class_names, dist, dist.device, amp_dtype, channels_last, data.workers, data.bundle
@@ -294,7 +298,7 @@ def _train_steps(run: _Run, epoch: int, at: ResumePoint, stop: StopRequest) -> _
     steps_per_epoch = run.steps_per_epoch
     data.sampler.set_epoch(epoch, skip=at.step * cfg.batch_size)
     set_train_mode(run.model, cfg.freeze_backbone)
-    model = run.ddp_model or run.model
+    model = run.model if run.ddp_model is None else run.ddp_model
     autocast = partial(torch.autocast, device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None)
     check_every = cfg.check_every or (1 if device.type == "cpu" else 16)
     done = _EpochSteps(at.step, at.sums.clone(), run.optimizer.param_groups[0]["lr"], at.seconds)
