@@ -73,7 +73,7 @@ def mix_seed(*numbers: int) -> int:
 
 
 def shuffled(samples: Iterator[RawSample], buffer: int, rng: random.Random) -> Iterator[RawSample]:
-    """A shuffle buffer: each sample out is a random one of the next ``buffer`` in (the stream is endless)."""
+    """A shuffle buffer: each sample out is a random one of the next ``buffer`` in; the rest at the end."""
     pool = list(itertools.islice(samples, buffer))
     for sample in samples:
         slot = rng.randrange(len(pool))
@@ -83,11 +83,11 @@ def shuffled(samples: Iterator[RawSample], buffer: int, rng: random.Random) -> I
     yield from pool
 
 
-def _cycle(shards: Sequence[Shard]) -> Iterator[RawSample]:
-    """The shards' samples in order, then again from the first shard, without end."""
+def _passes(shards: Sequence[Shard], buffer: int, rng: random.Random) -> Iterator[RawSample]:
+    """The shards' samples through the shuffle buffer, pass after pass without end; the buffer empties at the
+    end of each pass, so a reader whose quota is its shards' size yields each of their samples once."""
     while True:
-        for shard in shards:
-            yield from read_shard(shard)
+        yield from shuffled(itertools.chain.from_iterable(map(read_shard, shards)), buffer, rng)
 
 
 def _dealt(items: Sequence[Shard], part: int, parts: int) -> list[Shard]:
@@ -143,7 +143,7 @@ class ShardTrainStream(IterableDataset):
         random.Random(mix_seed(self.seed, self.epoch)).shuffle(order)  # the same on every rank
         mine = _dealt(_dealt(order, self.rank, self.world_size), reader, readers)
         rng = random.Random(mix_seed(self.seed, self.epoch, self.rank, reader))
-        stream = shuffled(_cycle(mine), self.buffer, rng)
+        stream = _passes(mine, self.buffer, rng)
         for batch in range(reader, self.batches(), readers):
             start = batch * self.batch_size
             for position in range(start, min(start + self.batch_size, self.per_rank)):
@@ -165,7 +165,7 @@ class ShardTrainStream(IterableDataset):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 return self.transform(image), label
-        raise RuntimeError("a shard stream ended")  # _cycle never ends
+        raise RuntimeError("a shard stream ended")  # _passes never ends
 
 
 class ShardEvalStream(IterableDataset):

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch.utils.data import DataLoader
 
 from shufflenet.data.bad_images import BAD_IMAGES_FILE, BadImageLog
@@ -77,7 +78,9 @@ def build_shard_data(
     options = loader_options(workers, dist.device)
     # Persistent workers would keep the epoch they started with: each epoch starts its own.
     train_options = {**options, "persistent_workers": False}
-    train_loader = DataLoader(train_data, batch_size=cfg.batch_size, **train_options)
+    # Its own generator keeps the loader from drawing on the global RNG, whose state last.pt saves.
+    generator = torch.Generator().manual_seed(cfg.seed)
+    train_loader = DataLoader(train_data, batch_size=cfg.batch_size, generator=generator, **train_options)
     shards = len(index.shards["train"])
     log.info(
         "data: shards (%d shards, %d workers) in %s (index read in %.2f s): %d train and %d val images, %d classes; "

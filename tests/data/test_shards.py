@@ -1,0 +1,207 @@
+"""shufflenet shards: real JPEG/PNG folders written as tar shards, read back by us and by the webdataset library."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from shufflenet.cli import main
+from shufflenet.data import build_datasets
+from shufflenet.data.shard_streams import ShardEvalStream, ShardTrainStream, read_shard
+from shufflenet.data.shards import Shard, read_index, write_shards
+from shufflenet.transforms import Preprocessing, eval_transform, train_transform
+
+CLASSES = {"ant": (200, 40, 40), "bee": (40, 40, 200), "fly": (40, 200, 40)}
+
+
+def write_folder(root: Path, per_class: int, seed: int = 0, size: tuple[int, int] = (40, 48)) -> None:
+    """JPEGs (and one PNG per class) whose colour tells the class."""
+    rng = np.random.default_rng(seed)
+    for name, color in CLASSES.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = (rng.random((*size, 3)) * 80 + np.array(color) - 40).clip(0, 255).astype(np.uint8)
+            suffix = "png" if i == 0 else "jpg"
+            Image.fromarray(pixels).save(root / name / f"{i}.{suffix}")
+
+
+def members(shard: Path) -> dict[str, bytes]:
+    with tarfile.open(shard) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+
+
+def shard_samples(index_root: Path, split: str) -> list[tuple[str, int, bytes]]:
+    """(source file, class, image bytes) of every sample of a split, read from the tar files."""
+    index = read_index(index_root)
+    found = []
+    for shard in index.shards[split]:
+        files = members(shard.path)
+        for name in files:
+            if name.endswith(".cls"):
+                key = name[:-4]
+                image = next(files[f"{key}.{ext}"] for ext in ("jpg", "png") if f"{key}.{ext}" in files)
+                found.append((files[f"{key}.txt"].decode(), int(files[name]), image))
+    return found
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    write_folder(root, 10)
+    (root / "bee" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    return root
+
+
+def test_shards_round_trip(folder: Path, tmp_path: Path) -> None:
+    """Counts, classes, every readable image once in its split (the bad one listed), short side <= --max-size."""
+    out = tmp_path / "shards"
+    code = main(["shards", "--data", str(folder), "--out", str(out), "--shard-size", "4", "--max-size", "36"])
+    assert code == 0
+    index = read_index(out)
+    assert index.class_names == sorted(CLASSES)
+    bundle = build_datasets(folder, Preprocessing.for_size(32))  # train's split: seed 0, 0.2
+    for split, dataset in (("train", bundle.train), ("val", bundle.val)):
+        expected = sorted((str(p.relative_to(folder)), label) for p, label in dataset.samples if p.name != "broken.jpg")
+        written = shard_samples(out, split)
+        assert sorted((source, label) for source, label, _ in written) == expected  # each once, right class
+        assert index.count(split) == len(expected) == sum(index.class_counts[split].values())
+        assert all(shard.count <= 4 for shard in index.shards[split])
+        for _, _, data in written:
+            assert min(Image.open(io.BytesIO(data)).size) <= 36  # re-encoded from 40 px
+    assert [Path(p).name for p, _ in index.skipped] == ["broken.jpg"]
+    assert json.loads((out / "index.json").read_text())["preprocessing"]["max_size"] == 36
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
+
+
+def test_original_bytes_kept_without_max_size(folder: Path, tmp_path: Path) -> None:
+    write_shards(folder, tmp_path / "shards", shard_images=100, workers=1)
+    for source, _, data in shard_samples(tmp_path / "shards", "train") + shard_samples(tmp_path / "shards", "val"):
+        assert data == (folder / source).read_bytes()
+
+
+def test_shards_refuse_to_overwrite(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "shards"
+    write_shards(folder, out, shard_images=100, workers=1)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        write_shards(folder, out, workers=1)
+    (out / "train" / "stale.tar").write_bytes(b"")
+    write_shards(folder, out, shard_images=5, overwrite=True, workers=1)
+    assert not (out / "train" / "stale.tar").exists() and len(read_index(out).shards["train"]) > 1
+
+
+def test_same_split_as_folder_training(tmp_path: Path) -> None:
+    """A one-tree folder: the shards' train/val file lists are the split.json that train --data DIR saves."""
+    folder = tmp_path / "data"
+    write_folder(folder, 12, seed=3)
+    split_file = tmp_path / "run" / "split.json"
+    build_datasets(folder, Preprocessing.for_size(32), val_split=0.3, seed=7, split_file=split_file)
+    saved = json.loads(split_file.read_text())
+    write_shards(folder, tmp_path / "shards", shard_images=5, val_split=0.3, seed=7, workers=1)
+    for split in ("train", "val"):
+        expected = sorted(rel for rels in saved[split].values() for rel in rels)
+        assert sorted(source for source, _, _ in shard_samples(tmp_path / "shards", split)) == expected
+    # and a run's split.json, given as --split, is taken as it is (whatever --seed says)
+    write_shards(folder, tmp_path / "again", val_split=0.5, seed=1, split_file=split_file, workers=1)
+    assert sorted(s for s, _, _ in shard_samples(tmp_path / "again", "val")) == sorted(
+        rel for rels in saved["val"].values() for rel in rels
+    )
+
+
+def test_webdataset_reads_our_shards(folder: Path, tmp_path: Path) -> None:
+    """The webdataset library (timm's and OpenCLIP's reader) decodes every sample with its class."""
+    wds = pytest.importorskip("webdataset")
+    out = tmp_path / "shards"
+    write_shards(folder, out, shard_images=4, max_size=36, workers=1)
+    index = read_index(out)
+    urls = [str(shard.path) for shard in index.shards["train"]]
+    dataset = wds.WebDataset(urls, shardshuffle=False).decode("pil").to_tuple("jpg;png", "cls", "txt")
+    samples = list(dataset)
+    assert len(samples) == index.count("train")
+    ours = sorted((source, label) for source, label, _ in shard_samples(out, "train"))
+    assert sorted((source, label) for _, label, source in samples) == ours
+    assert all(isinstance(image, Image.Image) and min(image.size) <= 36 for image, _, _ in samples)
+
+
+# ---------------------------------------------------------------------------------------------- streams
+
+
+@pytest.fixture(scope="module")
+def uneven_shards(tmp_path_factory: pytest.TempPathFactory) -> list[Shard]:
+    """5 training shards of 7, 7, 7, 7 and 2 samples (30): they divide evenly over neither 2 ranks nor 4 readers."""
+    root = tmp_path_factory.mktemp("stream")
+    write_folder(root / "data", 12, size=(32, 32))
+    write_shards(root / "data", root / "shards", shard_images=7, workers=1)
+    shards = read_index(root / "shards").shards["train"]
+    assert [s.count for s in shards] == [7, 7, 7, 7, 2]
+    return shards
+
+
+def batches(stream: ShardTrainStream, workers: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    loader = DataLoader(stream, batch_size=stream.batch_size, num_workers=workers)
+    return list(loader)
+
+
+def make_stream(shards: list[Shard], rank: int = 0, world: int = 1, batch: int = 4) -> ShardTrainStream:
+    pre = Preprocessing.for_size(32)
+    return ShardTrainStream(shards, train_transform(pre), batch, rank, world, seed=1, buffer=6)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_every_rank_gets_the_same_number_of_batches(uneven_shards: list[Shard], workers: int) -> None:
+    """2 ranks over shards of 21 and 9 samples: 15 samples (4 batches) each, every epoch."""
+    for epoch in (0, 1):
+        sizes = []
+        for rank in (0, 1):
+            stream = make_stream(uneven_shards, rank, 2)
+            stream.set_epoch(epoch)
+            sizes.append([len(labels) for _, labels in batches(stream, workers)])
+        assert sizes == [[4, 4, 4, 3], [4, 4, 4, 3]]
+
+
+def test_one_process_reads_each_sample_once_per_epoch(uneven_shards: list[Shard]) -> None:
+    """World size 1, one reader: the epoch is a permutation of the 30 samples, another one next epoch."""
+    stream = ShardTrainStream(uneven_shards, lambda image: image.tobytes(), 4, seed=1, buffer=6)
+    expected = sorted(image.tobytes() for _, image in _decoded_all(uneven_shards))
+    epochs = []
+    for epoch in (0, 1):
+        stream.set_epoch(epoch)
+        images = [image for image, _ in stream]
+        assert sorted(images) == expected
+        epochs.append(images)
+    assert epochs[0] != epochs[1]
+
+
+def _decoded_all(shards: list[Shard]) -> list[tuple[int, Image.Image]]:
+    return [(label, Image.open(io.BytesIO(data)).convert("RGB")) for s in shards for _, data, _, label in read_shard(s)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resumed_epoch_continues_with_the_same_batches(uneven_shards: list[Shard], workers: int) -> None:
+    """set_epoch(epoch, skip=k batches) yields batches k.. of the uninterrupted epoch, image for image."""
+    stream = make_stream(uneven_shards, rank=1, world=2)
+    stream.set_epoch(3)
+    full = batches(stream, workers)
+    for done in (1, 2, 3):
+        stream.set_epoch(3, skip=done * stream.batch_size)
+        assert len(stream) == 15 - done * 4
+        rest = batches(stream, workers)
+        assert len(rest) == len(full) - done
+        for (images, labels), (want_images, want_labels) in zip(rest, full[done:], strict=True):
+            assert torch.equal(labels, want_labels) and torch.equal(images, want_images)
+
+
+def test_validation_stream_reads_each_sample_once_over_ranks(uneven_shards: list[Shard]) -> None:
+    transform = eval_transform(Preprocessing.for_size(32))
+    seen = []
+    for rank in (0, 1, 2):
+        loader = DataLoader(ShardEvalStream(uneven_shards, transform, rank, 3), batch_size=4, num_workers=2)
+        seen += [label for _, labels in loader for label in labels.tolist()]
+    assert sorted(seen) == sorted(label for label, _ in _decoded_all(uneven_shards))
