@@ -163,7 +163,7 @@ class ShardTrainStream(IterableDataset):
                     self.bad_log.record(name, exc.reason)
                 continue
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+                torch.default_generator.manual_seed(seed)  # torch.manual_seed adds CUDA's: 0.2 ms more
                 return self.transform(image), label
         raise RuntimeError("a shard stream ended")  # _passes never ends
 
