@@ -205,3 +205,34 @@ def test_validation_stream_reads_each_sample_once_over_ranks(uneven_shards: list
         loader = DataLoader(ShardEvalStream(uneven_shards, transform, rank, 3), batch_size=4, num_workers=2)
         seen += [label for _, labels in loader for label in labels.tolist()]
     assert sorted(seen) == sorted(label for label, _ in _decoded_all(uneven_shards))
+
+
+def test_tars_written_by_others_read_the_same(folder: Path, tmp_path: Path) -> None:
+    """webdataset's TarWriter output and a PAX tar (read by the tarfile fallback) give our samples back."""
+    wds = pytest.importorskip("webdataset")
+    write_shards(folder, tmp_path / "shards", shard_images=100, workers=1)
+    ours = read_index(tmp_path / "shards").shards["train"][0]
+    expected = [(data, label) for _, data, _, label in read_shard(ours)]
+    samples = [(key.rsplit(":", 1)[1].split(".")[0], data, ext, label) for key, data, ext, label in read_shard(ours)]
+    with wds.TarWriter(str(tmp_path / "wds.tar")) as sink:
+        for key, data, ext, label in samples:
+            sink.write({"__key__": key, ext: data, "cls": str(label).encode()})
+    with tarfile.open(tmp_path / "pax.tar", "w", format=tarfile.PAX_FORMAT, pax_headers={"comment": "x"}) as tar:
+        for key, data, ext, label in samples:
+            for name, payload in ((f"{key}.{ext}", data), (f"{key}.cls", str(label).encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    for other in ("wds.tar", "pax.tar"):
+        read_back = [(data, label) for _, data, _, label in read_shard(Shard(tmp_path / other, 0))]
+        assert read_back == expected and len(expected) > 10, other
+
+
+def test_truncated_shard_is_named(folder: Path, tmp_path: Path) -> None:
+    write_shards(folder, tmp_path / "shards", shard_images=100, workers=1)
+    shard = read_index(tmp_path / "shards").shards["train"][0]
+    whole = shard.path.read_bytes()
+    for cut in (3000, 8192):  # in a member; at a 512-byte block boundary
+        shard.path.write_bytes(whole[:cut])
+        with pytest.raises(ValueError, match=r"shard-000000.tar is truncated"):
+            list(read_shard(shard))
