@@ -232,7 +232,9 @@ def test_truncated_shard_is_named(folder: Path, tmp_path: Path) -> None:
     write_shards(folder, tmp_path / "shards", shard_images=100, workers=1)
     shard = read_index(tmp_path / "shards").shards["train"][0]
     whole = shard.path.read_bytes()
-    for cut in (3000, 8192):  # in a member; at a 512-byte block boundary
-        shard.path.write_bytes(whole[:cut])
-        with pytest.raises(ValueError, match=r"shard-000000.tar is truncated"):
+    with tarfile.open(shard.path) as tar:
+        second_sample = tar.getmembers()[3].offset  # its first header
+    for cut, where in ((1000, r" \(in 00000000.\w+\)"), (second_sample, r" \(no end-of-archive block\)")):
+        shard.path.write_bytes(whole[:cut])  # inside the first image; between two samples
+        with pytest.raises(ValueError, match=rf"shard-000000.tar is truncated{where}"):
             list(read_shard(shard))
