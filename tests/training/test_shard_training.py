@@ -33,24 +33,34 @@ def write_folder(root: Path, per_class: int) -> None:
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """30 training images in shards of 7, 7, 7, 7, 2 (uneven over 2 ranks), 6 validation images in 2 shards."""
+    """30 training images in 8 shards of 4 and one of 2 (uneven over 2 ranks), 6 validation images in 4 + 2."""
     root = tmp_path_factory.mktemp("shard_training")
     write_folder(root / "data", 12)
-    write_shards(root / "data", root / "shards", shard_images=7, workers=1)
+    write_shards(root / "data", root / "shards", shard_images=4, workers=1)
     index = read_index(root / "shards")
-    assert [s.count for s in index.shards["train"]] == [7, 7, 7, 7, 2] and index.count("val") == 6
+    assert [s.count for s in index.shards["train"]] == [4] * 7 + [2]
+    assert [s.count for s in index.shards["val"]] == [4, 2]
     return root / "shards"
+
+
+def assert_validated_every_image(run: Path) -> None:
+    """The epoch's validation (this run's loaders, summed over ranks) saw the loss that best.pt has on all 6
+    validation images (confusion_matrix.json: the whole val set in one process)."""
+    confusion = json.loads((run / "confusion_matrix.json").read_text())
+    assert confusion["num_images"] == 6
+    best_epoch = torch.load(run / "best.pt", weights_only=True)["epoch"]
+    row = read_rows(run / "metrics.csv")[best_epoch - 1]
+    assert float(row["val_loss"]) == pytest.approx(confusion["loss"], rel=1e-5)
 
 
 def test_train_from_shards_on_cpu(shards: Path, tmp_path: Path) -> None:
     result = shufflenet.train(data=str(shards), out=str(tmp_path / "run"), epochs=1, **{**TINY, "workers": 1})
     assert result.stopped is None and len(result.history) == 1
     log_text = (tmp_path / "run" / "train.log").read_text()
-    assert "data: shards (5 shards, 1 workers)" in log_text
+    assert "data: shards (8 shards, 1 workers)" in log_text
     assert "30 samples and 4 steps per process and epoch" in log_text
     assert "first step after" in log_text
-    # validation covered the 6 validation images; the steps are the schedule's
-    assert json.loads((tmp_path / "run" / "confusion_matrix.json").read_text())["num_images"] == 6
+    assert_validated_every_image(tmp_path / "run")
     last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert last["scheduler"]["last_epoch"] == 4
     config = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -59,7 +69,8 @@ def test_train_from_shards_on_cpu(shards: Path, tmp_path: Path) -> None:
 
 
 def test_torchrun_uneven_shards_same_steps_on_both_ranks(shards: Path, tmp_path: Path) -> None:
-    """Rank 0 gets 3 shards, rank 1 two; both take 15 samples (4 steps) an epoch, so DDP does not hang."""
+    """Each rank gets 4 shards, one of them 2 samples short; both take 15 samples (4 steps) an epoch, so DDP does
+    not hang; validation (a val shard each, of 4 and of 2 images) sums both."""
     run = tmp_path / "run"
     command = [
         *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"),
@@ -77,7 +88,7 @@ def test_torchrun_uneven_shards_same_steps_on_both_ranks(shards: Path, tmp_path:
     assert [row["epoch"] for row in read_rows(run / "metrics.csv")] == ["1", "2"]
     last = torch.load(run / "last.pt", weights_only=True)
     assert last["world_size"] == 2 and last["scheduler"]["last_epoch"] == 8
-    assert json.loads((run / "confusion_matrix.json").read_text())["num_images"] == 6
+    assert_validated_every_image(run)
 
 
 def interrupt_at_image(monkeypatch: pytest.MonkeyPatch, at_image: int, flag: Path) -> Callable:
