@@ -241,7 +241,7 @@ def test_truncated_shard_is_named(folder: Path, tmp_path: Path) -> None:
 
 
 def test_fewer_shards_than_readers_still_gives_equal_batches(uneven_shards: list[Shard]) -> None:
-    """2 shards for 2 ranks x 2 workers: readers share a shard, every rank still gets 7 samples in 2 batches."""
+    """3 shards for 2 ranks x 2 workers: one rank's 2 workers share its one shard; 8 samples in 2 batches each."""
     for rank in (0, 1):
-        stream = make_stream(uneven_shards[3:], rank, 2)  # 7 + 2 samples
-        assert [len(labels) for _, labels in batches(stream, workers=2)] == [4, 3]
+        stream = make_stream(uneven_shards[2:], rank, 2)  # 7 + 7 + 2 samples
+        assert [len(labels) for _, labels in batches(stream, workers=2)] == [4, 4]

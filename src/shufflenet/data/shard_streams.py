@@ -115,6 +115,8 @@ def shuffled(samples: Iterator[RawSample], buffer: int, rng: random.Random) -> I
 def _passes(shards: Sequence[Shard], buffer: int, rng: random.Random) -> Iterator[RawSample]:
     """The shards' samples through the shuffle buffer, pass after pass without end; the buffer empties at the
     end of each pass, so a reader whose quota is its shards' size yields each of their samples once."""
+    if not shards:
+        raise ValueError("a shard reader was given no shards")  # endless empty passes would hang the loader
     while True:
         yield from shuffled(itertools.chain.from_iterable(map(read_shard, shards)), buffer, rng)
 
