@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import tarfile
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from shufflenet.cli import main
 from shufflenet.data import build_datasets
-from shufflenet.data.shard_streams import ShardEvalStream, ShardTrainStream, read_shard
+from shufflenet.data.shard_streams import ShardEvalStream, ShardTrainStream, read_shard, shuffled
 from shufflenet.data.shards import Shard, read_index, write_shards
 from shufflenet.transforms import Preprocessing, eval_transform, train_transform
 
@@ -245,3 +246,19 @@ def test_fewer_shards_than_readers_still_gives_equal_batches(uneven_shards: list
     for rank in (0, 1):
         stream = make_stream(uneven_shards[2:], rank, 2)  # 7 + 7 + 2 samples
         assert [len(labels) for _, labels in batches(stream, workers=2)] == [4, 4]
+
+
+def test_shuffle_buffer_starts_early_and_keeps_every_sample() -> None:
+    """The first sample out comes after ~100 read (not a whole buffer); all come out once, shuffled."""
+    read = []
+
+    def source():
+        for i in range(5000):
+            read.append(i)
+            yield i
+
+    out = shuffled(source(), 2000, random.Random(0))
+    first = next(out)
+    assert len(read) == 102 and first in read  # 100, then one in and one more while the buffer grows
+    rest = [first, *out]
+    assert sorted(rest) == list(range(5000)) and rest != sorted(rest)

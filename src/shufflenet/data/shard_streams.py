@@ -34,7 +34,8 @@ from shufflenet.data.bad_images import BadImageLog
 from shufflenet.data.images import IMAGE_EXTENSIONS, BadImageError, decode_image
 from shufflenet.data.shards import Shard
 
-SHUFFLE_BUFFER = 2000  # raw samples per reader: ~0.1 GB of full-size ImageNet JPEGs, ~25 MB at --max-size 256
+SHUFFLE_BUFFER = 2000  # raw samples per reader: ~0.2 GB of full-size ImageNet JPEGs, ~50 MB at --max-size 256
+SHUFFLE_START = 100  # samples read before a reader's first one out (the buffer fills as it goes)
 _IMAGE_SUFFIXES = {ext.lstrip(".") for ext in IMAGE_EXTENSIONS}
 RawSample = tuple[str, bytes, str, int]  # (shard:key.ext for messages, image bytes, extension, label)
 
@@ -101,13 +102,22 @@ def mix_seed(*numbers: int) -> int:
     return value
 
 
-def shuffled(samples: Iterator[RawSample], buffer: int, rng: random.Random) -> Iterator[RawSample]:
-    """A shuffle buffer: each sample out is a random one of the next ``buffer`` in; the rest at the end."""
-    pool = list(itertools.islice(samples, buffer))
+def shuffled(
+    samples: Iterator[RawSample], buffer: int, rng: random.Random, initial: int = SHUFFLE_START
+) -> Iterator[RawSample]:
+    """A shuffle buffer: each sample out is a random one of those read so far and not yet out; the rest at the end.
+
+    The first comes after ``initial`` samples and the buffer grows by one per sample out up to ``buffer``
+    (WebDataset's rule), so a reader does not read a whole buffer (0.2 GB of ImageNet JPEGs) before its first batch.
+    """
+    pool = list(itertools.islice(samples, min(initial, buffer)))
     for sample in samples:
+        pool.append(sample)
+        if len(pool) < buffer:
+            pool.extend(itertools.islice(samples, 1))
         slot = rng.randrange(len(pool))
-        yield pool[slot]
-        pool[slot] = sample
+        pool[slot], pool[-1] = pool[-1], pool[slot]
+        yield pool.pop()
     rng.shuffle(pool)
     yield from pool
 
