@@ -227,7 +227,7 @@ def main() -> None:
     b.add_argument("--images", type=int, default=10000)
     b.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS)
     s = sub.add_parser("startup")
-    s.add_argument("--data", type=Path, required=True)
+    s.add_argument("--data", type=Path, required=True, help="a folder, or shards from shufflenet shards")
     s.add_argument("--workers", type=int, default=2)
     s.add_argument("--img-size", type=int, default=224)
     s.add_argument("--repeats", type=int, default=2)
@@ -248,7 +248,13 @@ def main() -> None:
         shards_table(args.data, args.images, args.repeats, args.gpu_img_s)
     elif args.command == "startup":
         rows = [startup(args.data, args.workers, args.img_size) for _ in range(args.repeats)]
-        files = sum(1 for _ in args.data.rglob("*.jpg"))
+        if (args.data / "index.json").is_file():  # shards: their index counts the images
+            from shufflenet.data.shards import read_index
+
+            index = read_index(args.data)
+            files = index.count("train") + index.count("val")
+        else:
+            files = sum(1 for _ in args.data.rglob("*.jpg"))
         print("| images | first step (s, median) | trainer RSS (MiB) | loader worker RSS (MiB) |")
         print("|---|---|---|---|")
         med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
