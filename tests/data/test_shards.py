@@ -262,3 +262,13 @@ def test_shuffle_buffer_starts_early_and_keeps_every_sample() -> None:
     assert len(read) == 102 and first in read  # 100, then one in and one more while the buffer grows
     rest = [first, *out]
     assert sorted(rest) == list(range(5000)) and rest != sorted(rest)
+
+
+def test_resumed_with_other_workers_keeps_the_step_count(uneven_shards: list[Shard]) -> None:
+    """As documented: another --workers on resume gives the epoch's remaining steps, not the same images."""
+    stream = make_stream(uneven_shards, rank=0, world=2)
+    stream.set_epoch(0)
+    full = batches(stream, workers=2)
+    stream.set_epoch(0, skip=stream.batch_size)
+    rest = batches(stream, workers=0)
+    assert [len(labels) for _, labels in rest] == [len(labels) for _, labels in full[1:]]
