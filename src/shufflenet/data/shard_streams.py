@@ -12,9 +12,10 @@ depend on the worker that reads them: an epoch resumed after ``k`` batches (``se
 reads and drops the raw samples of those batches, without decoding them, and continues with the same
 batches an uninterrupted run would have had (same world size and number of loader workers).
 
-We read the tars with ``tarfile`` rather than through ``webdataset``'s pipeline: its node/worker splitters,
-``with_epoch`` and shuffle stages do not give a per-rank count fixed in advance nor a position to resume
-from; the files themselves are WebDataset's (tests read them with the library).
+We read the tars ourselves (a small ustar parser, ``tarfile`` for any other tar) rather than through
+``webdataset``'s pipeline: its node/worker splitters, ``with_epoch`` and shuffle stages give neither a per-rank
+count fixed in advance nor a position to resume from; the files themselves are WebDataset's (the tests read
+them with the library).
 """
 
 from __future__ import annotations
