@@ -272,3 +272,24 @@ def test_resumed_with_other_workers_keeps_the_step_count(uneven_shards: list[Sha
     stream.set_epoch(0, skip=stream.batch_size)
     rest = batches(stream, workers=0)
     assert [len(labels) for _, labels in rest] == [len(labels) for _, labels in full[1:]]
+
+
+def test_an_undecodable_image_in_a_shard_is_recorded_and_replaced(folder: Path, tmp_path: Path) -> None:
+    """The epoch keeps its length (the next sample stands in); validation leaves it out; both record it."""
+    from shufflenet.data.bad_images import BadImageLog
+
+    write_shards(folder, tmp_path / "shards", shard_images=100, workers=1)
+    shard = read_index(tmp_path / "shards").shards["train"][0]
+    files = members(shard.path)
+    broken = next(name for name in files if name.endswith((".jpg", ".png")))
+    files[broken] = b"\xff\xd8\xff garbage"
+    with tarfile.open(shard.path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, payload in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    log = BadImageLog(tmp_path / "bad.txt")
+    stream = ShardTrainStream([shard], lambda image: image.size, 4, bad_log=log)
+    assert len(list(stream)) == stream.per_rank == 24  # 25, less one: no batch of one
+    assert list(log.read()) == [f"{shard.path}:{broken}"]
+    assert len(list(ShardEvalStream([shard], lambda image: image.size, bad_log=log))) == shard.count - 1
