@@ -12,11 +12,16 @@ Three measurements, each printed as a table:
   the private part is what each worker really adds.
 * ``decode``: images/s through one loader process (one core) for the training pipeline (decode with PIL draft,
   RandomResizedCrop, flip) at 224 and 64 px, from the folder; with and without draft.
+* ``shards``: folder vs WebDataset shards (``shufflenet shards``, original bytes and re-encoded with the short
+  side <= the resize size) in images/s per core, the same images through the same pipeline in one loader
+  process, at 224 and 64 px; and from that the cores that feed one GPU training ShuffleNet v2 1x at
+  ``--gpu-img-s`` images/s (an assumption unless you pass benchmarks/gpu_check.py's number).
 
     .venv/bin/python benchmarks/data_throughput.py build --out /tmp/synth10k --images 10000
     .venv/bin/python benchmarks/data_throughput.py startup --data /tmp/synth10k [--workers 2]
     .venv/bin/python benchmarks/data_throughput.py memory --data /tmp/synth10k [--workers 2]
     .venv/bin/python benchmarks/data_throughput.py decode --data /tmp/synth10k [--images 400]
+    .venv/bin/python benchmarks/data_throughput.py shards --data /tmp/synth3k [--images 400] [--gpu-img-s N]
 
 Timings are medians of repeated runs in one process where a ratio matters (draft vs no draft); on a shared
 machine quote ratios, not absolute times.
@@ -25,6 +30,7 @@ machine quote ratios, not absolute times.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import re
@@ -194,6 +200,94 @@ def decode_rate(data: Path, img_size: int, draft: bool, images: int) -> float:
     return count / (time.perf_counter() - started)
 
 
+# ShuffleNet v2 1x training images/s on one GPU when none is measured: an ASSUMPTION (bf16, channels_last, batch
+# 256 on an A100/H100-class card), to be replaced by benchmarks/gpu_check.py's number (--gpu-img-s).
+ASSUMED_GPU_IMG_S = 3000.0
+
+
+def write_bench_shards(data: Path, out: Path, max_size: int | None) -> float:
+    """``shufflenet shards`` of ``data`` into ``out`` (one process); returns images written per second."""
+    from shufflenet.data.shards import write_shards
+
+    started = time.perf_counter()
+    index = write_shards(data, out, shard_images=200, max_size=max_size, workers=1)
+    return index.count("train") / (time.perf_counter() - started)
+
+
+def shard_sources(shards: list, images: int) -> tuple[list, list[str]]:
+    """The first shards holding >= ``images`` samples, and their samples' source files (the .txt entries)."""
+    import tarfile
+
+    chosen, sources = [], []
+    for shard in shards:
+        if len(sources) >= images:
+            break
+        chosen.append(shard)
+        with tarfile.open(shard.path) as tar:
+            sources += [tar.extractfile(m).read().decode() for m in tar if m.name.endswith(".txt")]
+    return chosen, sources
+
+
+def shards_vs_folder_rate(source: str, data: Path, shards: list, names: list[str], img_size: int) -> float:
+    """Training images/s in one process (no loader workers) from the folder files ``names`` or ``shards``."""
+    from shufflenet.data import ImageFolderDataset
+    from shufflenet.data.shard_streams import ShardTrainStream
+    from shufflenet.training.loaders import SeededSamples
+    from shufflenet.transforms import Preprocessing, train_transform
+
+    pre = Preprocessing.for_size(img_size)
+    transform = train_transform(pre)
+    if source == "folder":  # as train --data DIR reads it: each image's augmentation seeded, shuffled order
+        samples = [(data / name, 0) for name in names]
+        dataset = SeededSamples(ImageFolderDataset(samples, ["x"], transform, pre.resize_size), seed=0)
+        keys = [(0, int(i)) for i in torch.randperm(len(samples))]
+        loader = torch.utils.data.DataLoader(dataset, batch_size=32, num_workers=0, sampler=keys)
+    else:
+        stream = ShardTrainStream(shards, transform, 32, draft_size=pre.resize_size)
+        loader = torch.utils.data.DataLoader(stream, batch_size=32, num_workers=0)
+    started = time.perf_counter()
+    count = sum(len(labels) for _, labels in loader)
+    return count / (time.perf_counter() - started)
+
+
+def shards_table(data: Path, images: int, repeats: int, gpu_img_s: float | None) -> None:
+    """Print folder vs shards images/s per core at 224 and 64 px, and the cores one GPU needs."""
+    from shufflenet.data.shards import read_index
+    from shufflenet.transforms import Preprocessing
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        wrote = {"shards": write_bench_shards(data, Path(tmp) / "full", None)}
+        full, names = shard_sources(read_index(Path(tmp) / "full").shards["train"], images)
+        for size in (224, 64):
+            max_size = Preprocessing.for_size(size).resize_size
+            smaller = f"shards --max-size {max_size}"
+            wrote[smaller] = write_bench_shards(data, Path(tmp) / smaller, max_size)
+            # the same images: the re-encoded shards hold the same samples in the same order
+            chosen = {"folder": [], "shards": full, smaller: read_index(Path(tmp) / smaller).shards["train"]}
+            chosen[smaller] = chosen[smaller][: len(full)]
+            rates: dict[str, list[float]] = {name: [] for name in chosen}
+            for _ in range(repeats):  # interleaved, so a busier moment hits every variant alike
+                for name, shards in chosen.items():
+                    source = "folder" if name == "folder" else "shards"
+                    rates[name].append(shards_vs_folder_rate(source, data, shards, names, size))
+            folder = statistics.median(rates["folder"])
+            for name in chosen:
+                rate = statistics.median(rates[name])
+                rows.append((size, name, rate, rate / folder, wrote.get(name)))
+    gpu = gpu_img_s or ASSUMED_GPU_IMG_S
+    label = "measured (--gpu-img-s)" if gpu_img_s else "ASSUMED: pass gpu_check.py's as --gpu-img-s"
+    print(f"{len(names)} training images per measurement, one loader process, torch threads 1")
+    print(
+        f"| size | source | img/s per core (median of {repeats}) | vs folder | cores for {gpu:.0f} img/s ({label}) "
+        "| writing, img/s per core |"
+    )
+    print("|---|---|---|---|---|---|")
+    for size, name, rate, ratio, written in rows:
+        writing = f"{written:.0f}" if written else "-"
+        print(f"| {size} | {name} | {rate:.0f} | {ratio:.2f}x | {math.ceil(gpu / rate)} | {writing} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -202,7 +296,7 @@ def main() -> None:
     b.add_argument("--images", type=int, default=10000)
     b.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS)
     s = sub.add_parser("startup")
-    s.add_argument("--data", type=Path, required=True)
+    s.add_argument("--data", type=Path, required=True, help="a folder, or shards from shufflenet shards")
     s.add_argument("--workers", type=int, default=2)
     s.add_argument("--img-size", type=int, default=224)
     s.add_argument("--repeats", type=int, default=2)
@@ -213,13 +307,26 @@ def main() -> None:
     d.add_argument("--data", type=Path, required=True)
     d.add_argument("--images", type=int, default=400)
     d.add_argument("--repeats", type=int, default=3)
+    w = sub.add_parser("shards")
+    w.add_argument("--data", type=Path, required=True, help="a folder made by build (train/ + val/)")
+    w.add_argument("--images", type=int, default=400, help="images read per measurement")
+    w.add_argument("--repeats", type=int, default=3)
+    w.add_argument("--gpu-img-s", type=float, help=f"measured GPU train img/s (default {ASSUMED_GPU_IMG_S:g}: assumed)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.command == "build":
         build(args.out, args.images, args.photos)
+    elif args.command == "shards":
+        shards_table(args.data, args.images, args.repeats, args.gpu_img_s)
     elif args.command == "startup":
         rows = [startup(args.data, args.workers, args.img_size) for _ in range(args.repeats)]
-        files = sum(1 for _ in args.data.rglob("*.jpg"))
+        if (args.data / "index.json").is_file():  # shards: their index counts the images
+            from shufflenet.data.shards import read_index
+
+            index = read_index(args.data)
+            files = index.count("train") + index.count("val")
+        else:
+            files = sum(1 for _ in args.data.rglob("*.jpg"))
         print("| images | first step (s, median) | trainer RSS (MiB) | loader worker RSS (MiB) |")
         print("|---|---|---|---|")
         med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}

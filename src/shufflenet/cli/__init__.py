@@ -20,6 +20,7 @@ SUBCOMMANDS = [
     "convert",
     "train",
     "verify-data",
+    "shards",
     "evaluate",
     "predict",
     "export",

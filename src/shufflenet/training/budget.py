@@ -14,6 +14,7 @@ from PIL import Image
 from torch import nn
 
 from shufflenet.data import detect_layout, scan_image_folder
+from shufflenet.data.shards import is_shard_dir, read_index
 from shufflenet.models import create_model
 from shufflenet.training.config import TrainConfig
 from shufflenet.training.optim import build_optimizer
@@ -40,6 +41,10 @@ def probe_images(data_dir: str | Path, sample: int = PROBE_SAMPLE) -> ImageProbe
     """Read the sizes of up to ``sample`` training images, spread over the classes, from their headers only
     (PIL opens lazily: nothing is decoded); files it cannot open are left out."""
     root = Path(data_dir)
+    if is_shard_dir(root):  # shufflenet shards measured the images when it wrote them
+        index = read_index(root)
+        side = index.median_short_side or 0.0
+        return ImageProbe(side, index.count("train"), len(index.class_names), index.count("train"))
     if detect_layout(root) == "train/val":
         root = root / "train"
     samples, class_names = scan_image_folder(root)

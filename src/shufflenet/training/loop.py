@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from shufflenet.checkpoints import load_pretrained, make_checkpoint, save_checkpoint
+from shufflenet.data.shards import is_shard_dir
 from shufflenet.devices import resolve_amp
 from shufflenet.evaluation import EvalResult, eval_result, eval_sums, progress_bar
 from shufflenet.models import create_model
@@ -35,6 +36,7 @@ from shufflenet.training.ema import build_ema, ema_state, restore_ema
 from shufflenet.training.loaders import FitToData, TrainData, build_data
 from shufflenet.training.optim import build_optimizer, build_scheduler
 from shufflenet.training.recipes import plan_run
+from shufflenet.training.shard_data import build_shard_data
 from shufflenet.training.signals import StopRequest
 from shufflenet.training.state import (
     ResumePoint,
@@ -188,7 +190,7 @@ def _train_in_run_dir(
     seed_everything(cfg.seed + dist.rank)
 
     # ---- data
-    data = build_data(cfg, dist, run_dir, split_existed, fit)
+    data = (build_shard_data if is_shard_dir(cfg.data) else build_data)(cfg, dist, run_dir, split_existed, fit)
     cfg = data.config
 
     # ---- model, optimizer, schedule
