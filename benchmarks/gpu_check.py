@@ -53,14 +53,16 @@ def write_photo_tree(root: Path, images: int, classes: int = 10) -> None:
 
 def loader_rate(options: dict, run: Path, batches: int) -> float:
     """Images/s of the training loader alone: workers, transfer and the device half of the pipeline, no model."""
+    from shufflenet.data.shards import is_shard_dir
     from shufflenet.training import TrainConfig
     from shufflenet.training.distributed import Distributed
     from shufflenet.training.loaders import build_data
+    from shufflenet.training.shard_data import build_shard_data
 
     cfg = TrainConfig(out=str(run), **options).validate()
     run.mkdir(parents=True, exist_ok=True)
     dist = Distributed.from_environment(cfg.device)
-    data = build_data(cfg, dist, run, split_existed=False)
+    data = (build_shard_data if is_shard_dir(cfg.data) else build_data)(cfg, dist, run, split_existed=False)
     data.sampler.set_epoch(0)
     count, started = 0, None
     for step, (images, _) in enumerate(data.train_loader):
@@ -122,13 +124,14 @@ def speed_rows(args: argparse.Namespace, base: Path) -> list[tuple[str, str, str
     rows.append(("synthetic uint8 on the GPU", "model alone, torch.compile", f"{compiled:.0f}"))
     sources = [(f"folder, --input-pipeline {name}", {**common, "input_pipeline": name}) for name in PIPELINES]
     if shards_command_exists():
-        # TODO(lead): check these flags against the merged `shufflenet shards` (issue 20, point 2).
+        # The same split as the folder runs (val_split 0.05, the default seed), re-encoded to a short side <= 256.
         shards = base / "shards"
         command = [sys.executable, "-m", "shufflenet", "shards", "--data", str(folder), "--out", str(shards)]
-        subprocess.run([*command, "--max-size", "256"], check=True, capture_output=True)
-        sources.append(("shards (max side 256), workers pipeline", {**common, "data": str(shards)}))
+        subprocess.run([*command, "--max-size", "256", "--val-split", "0.05"], check=True, capture_output=True)
+        shard_options = {**common, "data": str(shards), "input_pipeline": "workers"}
+        sources.append(("shards (max side 256), workers pipeline", shard_options))
     else:
-        rows.append(("shards", "skipped", "no `shufflenet shards` in this checkout (TODO: fill once merged)"))
+        rows.append(("shards", "skipped", "no `shufflenet shards` in this checkout"))
     for source, options in sources:
         tag = source.replace(" ", "_").replace(",", "").replace("-", "")
         loader = loader_rate(options, base / f"loader_{tag}", batches=args.speed_batches)

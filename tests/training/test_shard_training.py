@@ -68,6 +68,13 @@ def test_train_from_shards_on_cpu(shards: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "run" / "split.json").exists()
 
 
+def test_device_input_pipeline_is_refused_with_shards_before_the_run_folder(shards: Path, tmp_path: Path) -> None:
+    # The shard streams decode and augment in the loader workers; --input-pipeline device would be ignored.
+    with pytest.raises(ValueError, match=r"--input-pipeline device reads image folders.*drop --input-pipeline"):
+        shufflenet.train(data=str(shards), out=str(tmp_path / "run"), epochs=1, **{**TINY, "input_pipeline": "device"})
+    assert not (tmp_path / "run").exists()
+
+
 def test_torchrun_uneven_shards_same_steps_on_both_ranks(shards: Path, tmp_path: Path) -> None:
     """Each rank gets 4 shards, one of them 2 samples short; both take 15 samples (4 steps) an epoch, so DDP does
     not hang; validation (a val shard each, of 4 and of 2 images) sums both."""
