@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,6 +74,40 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+
+@contextmanager
+def upload_in_progress(server: Server, body: bytes, **headers: str) -> Iterator[socket.socket]:
+    """A classify request whose body is half sent while the block runs: the batcher waits for it.
+
+    The socket is yielded: send ``body[len(body) // 2:]`` to finish the request, or leave the block to hang up.
+    """
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    head = f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {len(body)}\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    try:
+        sock.sendall(head.encode() + b"\r\n" + body[: len(body) // 2])
+        time.sleep(0.2)  # the server has read the head and started the request
+        yield sock
+    finally:
+        sock.close()
+
+
+def read_response(sock: socket.socket) -> tuple[int, bytes]:
+    """Status and body of one HTTP/1.1 response with a Content-Length."""
+    data = b""
+    while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < _content_length(data):
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError(f"the server closed the connection after {data[:200]!r}")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head[9:12]), body
+
+
+def _content_length(data: bytes) -> int:
+    head = data.partition(b"\r\n\r\n")[0].lower()
+    return int(head.split(b"content-length:")[1].split(b"\r\n")[0]) if b"content-length:" in head else 0
 
 
 def start_server(weights: Path, tmp: Path, *options: str, wait: bool = True) -> Server:
