@@ -24,6 +24,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
@@ -161,7 +162,8 @@ def create_app(config: ServeConfig) -> FastAPI:
         log.info("shutting down: finishing %d queued image(s)", state.batcher.depth if state.batcher else 0)
         await asyncio.get_running_loop().run_in_executor(None, state.close)
 
-    app = FastAPI(
+    app = FastAPIOffline(  # FastAPI whose /docs serves Swagger UI from the package, not from a CDN
+        redoc_url=None,
         title="shufflenet serve",
         summary="Image classification with a ShuffleNet checkpoint, batched dynamically on the CPU",
         lifespan=lifespan,
@@ -232,7 +234,6 @@ def create_app(config: ServeConfig) -> FastAPI:
                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K, "default": 5},
                 }
             ],
-            "security": [{"bearer": []}] if state.api_key else [],
             "requestBody": {
                 "content": {
                     "image/*": {"schema": {"type": "string", "format": "binary"}},
