@@ -53,13 +53,46 @@ def test_readiness_is_503_until_loaded_and_warmed_up(tight_server):
 
 def test_api_key(tight_server, val_images):
     good = val_images[0].read_bytes()
-    for headers in ({}, {"Authorization": "Bearer wrong-key-wrong-key-wrong"}, {"Authorization": f"Basic {API_KEY}"}):
+    wrong = [
+        {},
+        {"Authorization": "Bearer wrong-key-wrong-key-wrong"},
+        {"Authorization": f"Basic {API_KEY}"},
+        {"Authorization": f"Bearer {API_KEY[:-1]}"},  # a prefix of the key
+        {"Authorization": f"Bearer {API_KEY}x"},  # the key and more
+        {"Authorization": f"Bearer {API_KEY[:-1]}X"},  # all but the last character right
+        {"Authorization": "Bearer"},
+    ]
+    for headers in wrong:
         status, head, answer = tight_server.classify(good, **headers)
         assert (status, answer["error"], head["www-authenticate"]) == (401, "unauthorized", "Bearer")
         assert tight_server.request("GET", "/v1/model", headers=headers)[0] == 401
     status, _, body = tight_server.request("GET", "/v1/model", headers=AUTH)
     assert status == 200 and json.loads(body)["num_classes"] == 10
     assert tight_server.request("GET", "/readyz")[0] == 200  # probes need no key
+    assert tight_server.metric('shufflenet_rejections_total{reason="unauthorized"}') == 2 * len(wrong)
+
+
+def test_api_key_is_compared_in_constant_time(monkeypatch):
+    """The key check goes through hmac.compare_digest (time independent of how much of a guess matches)."""
+    import hmac
+
+    from shufflenet.serve.app import check_api_key
+    from shufflenet.serve.limits import Rejection
+
+    compared = []
+
+    def spy(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    real = hmac.compare_digest
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    check_api_key(API_KEY, f"Bearer {API_KEY}")
+    with pytest.raises(Rejection) as refused:
+        check_api_key(API_KEY, f"Bearer {API_KEY[:-1]}")
+    assert refused.value.status == 401
+    assert compared == [(API_KEY.encode(), API_KEY.encode()), (API_KEY[:-1].encode(), API_KEY.encode())]
+    check_api_key(None, None)  # no key configured: everything passes
 
 
 def test_a_lone_request_is_not_held_for_the_batch_window(tight_server, val_images):
