@@ -124,12 +124,15 @@ async def load(port: int, clients: int, bodies: list, seconds: float) -> dict:
     return result
 
 
-def start_server(weights: Path, backend: str, batch: int, delay_ms: float) -> tuple[subprocess.Popen, int]:
+def start_server(
+    weights: Path, backend: str, batch: int, delay_ms: float, threads: int | None = None
+) -> tuple[subprocess.Popen, int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     command = [sys.executable, "-m", "shufflenet", "serve", "--weights", str(weights), "--port", str(port)]
     command += ["--backend", backend, "--max-batch-size", str(batch), "--max-batch-delay-ms", str(delay_ms)]
+    command += ["--threads", str(threads)] if threads else []
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(600):
         try:
@@ -185,21 +188,20 @@ def print_targets(by_name: dict[str, dict]) -> None:
     print()
     runtime1, runtime16 = by_name["runtime alone, batch 1"], by_name["runtime alone, batch 16"]
     with_decode = by_name.get("runtime + decode, batch 16")
-    for batching in ("on", "off"):
-        served = by_name.get(f"server, 64 clients, batching {batching}")
-        if served:
+    for name, served in by_name.items():
+        if name.startswith("server, 64 clients, batching"):
             ratio = served["img/s"] / runtime16["img/s"]
-            line = f"64 clients, batching {batching} / runtime batch 16: {ratio:.0%} (target >= 70 %"
+            line = f"{name.removeprefix('server, ')} / runtime batch 16: {ratio:.0%} (target >= 70 %"
             line += ", met)" if ratio >= 0.7 else ", NOT met)"
             if with_decode:
                 line += f"; / runtime + decode batch 16: {served['img/s'] / with_decode['img/s']:.0%}"
             print(line)
-    for batching in ("on", "off"):
-        served = by_name.get(f"server, 1 clients, batching {batching}")
-        if served:
+    for name, served in by_name.items():
+        if name.startswith("server, 1 clients, batching"):
             gap = served["p50"] - runtime1["p50"]
             met = "met" if gap <= 3 else "NOT met"
-            print(f"1 client, batching {batching}: p50 - runtime batch-1 p50 = {gap:+.1f} ms (target <= 3 ms, {met})")
+            label = name.removeprefix("server, 1 clients, ")
+            print(f"1 client, {label}: p50 - runtime batch-1 p50 = {gap:+.1f} ms (target <= 3 ms, {met})")
     failed = [name for name, r in by_name.items() if r.get("failed")]
     print(
         f"good requests failed: {sum(by_name[n]['failed'] for n in failed)} (target 0{', in ' if failed else ''}"
@@ -218,8 +220,16 @@ def main() -> None:
     parser.add_argument("--clients", default="1,8,64", help="concurrent clients per phase, comma-separated")
     parser.add_argument("--batching", default="on,off", help="server phases: on, off or both")
     parser.add_argument("--no-mixed", action="store_true", help="skip the half-bad 64-client run")
+    parser.add_argument(
+        "--fewer-threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="also run the batching server with --threads N (default 1; 0: skip), leaving cores to decoding",
+    )
     args = parser.parse_args()
     client_counts = [int(c) for c in args.clients.split(",")]
+    load_before = os.getloadavg()[0]
 
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(args.weights) if args.weights else make_weights(args.arch, args.size, Path(tmp))
@@ -234,13 +244,17 @@ def main() -> None:
         good = [("image/jpeg", body, True) for body in photos]
         bad = [("image/jpeg", b"\xff\xd8 not really", False), ("text/plain", b"hello", False)]
         bad.append(("image/jpeg", good[0][1][: len(good[0][1]) // 3], False))
-        for batching in args.batching.split(","):
-            proc, port = start_server(weights, backend, 16 if batching == "on" else 1, args.delay_ms)
+        servers = [(batching, None) for batching in args.batching.split(",")]
+        if args.fewer_threads and args.fewer_threads < threads:
+            servers.append(("on", args.fewer_threads))
+        for batching, server_threads in servers:
+            proc, port = start_server(weights, backend, 16 if batching == "on" else 1, args.delay_ms, server_threads)
+            name = f"batching {batching}" + (f", {server_threads} runtime thread(s)" if server_threads else "")
             try:
                 for clients in client_counts:
                     result = run_load(port, clients, requests(good), args.seconds)
-                    rows.append((f"server, {clients} clients, batching {batching}", result))
-                if batching == "on" and not args.no_mixed:
+                    rows.append((f"server, {clients} clients, {name}", result))
+                if batching == "on" and not server_threads and not args.no_mixed:
                     mixed = requests([item for pair in zip(good, bad * 6, strict=False) for item in pair])
                     rows.append(("server, 64 clients, half bad", run_load(port, 64, mixed, args.seconds)))
             finally:
@@ -251,10 +265,11 @@ def main() -> None:
     info = Path("/proc/cpuinfo")
     names = [ln.split(":", 1)[1].strip() for ln in info.read_text().splitlines() if ln.startswith("model name")]
     cpu = names[0] if names else cpu
-    load1 = os.getloadavg()[0]
+    load_after = os.getloadavg()[0]
     print(f"{weights.name if args.weights else args.arch} at {size} px, backend {backend}, {threads} runtime threads")
     print(
-        f"CPU: {cpu}, {cpu_cores()} cores; load average {load1:.1f} at the end; torch {torch.__version__}; "
+        f"CPU: {cpu}, {cpu_cores()} cores; load average {load_before:.1f} before, {load_after:.1f} after (this "
+        f"run included); torch {torch.__version__}; "
         f"batch window {args.delay_ms} ms; {args.seconds:g} s per phase\n"
     )
     print_table(rows)

@@ -51,6 +51,7 @@ class ServeConfig:
     max_batch_size: int = 16
     max_batch_delay_ms: float = 5.0
     workers: int = 1
+    runtime_threads: int | None = None  # None: cores / workers
     api_key_file: str | None = None
     cors_origins: list[str] = field(default_factory=list)
     limits: Limits = field(default_factory=Limits)
@@ -62,14 +63,16 @@ class ServeConfig:
                 f"--max-batch-size and --workers must be >= 1 and --max-batch-delay-ms >= 0; got "
                 f"{self.max_batch_size}, {self.workers}, {self.max_batch_delay_ms}"
             )
+        if self.runtime_threads is not None and self.runtime_threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {self.runtime_threads}")
         self.limits.validate()
         read_api_key(self.api_key_file)
         return self
 
     @property
     def threads(self) -> int:
-        """Runtime threads per worker: cores / workers."""
-        return runtime_threads(self.workers)
+        """Runtime threads per worker: ``--threads``, else cores / workers."""
+        return self.runtime_threads or runtime_threads(self.workers)
 
     def to_json(self) -> str:
         """The configuration for worker processes."""
@@ -106,7 +109,8 @@ class _State:
         self.batcher: Batcher | None = None
         self.error: str | None = None
         self.draining = False
-        self.decoders = ThreadPoolExecutor(max_workers=max(2, config.threads), thread_name_prefix="shufflenet-decode")
+        decoders = max(2, runtime_threads(config.workers))
+        self.decoders = ThreadPoolExecutor(max_workers=decoders, thread_name_prefix="shufflenet-decode")
 
     def load(self) -> None:
         """Load, compile and warm up the model, then start the batcher (on a thread: /healthz answers meanwhile)."""
