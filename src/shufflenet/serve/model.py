@@ -66,7 +66,7 @@ def load_served_model(
     from shufflenet.deploy import compile_for_inference
     from shufflenet.deploy.inputs import default_example_input
 
-    torch.set_num_threads(threads)  # the torch runtime and the decoding transforms share this budget
+    torch.set_num_threads(threads)  # for the torch runtime and for the race
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"--weights {path} does not exist; pass RUN/best.pt or an exported .onnx / .xml")
@@ -83,6 +83,10 @@ def load_served_model(
         example = default_example_input(model, batch_size=batch_size)
         runner = compile_for_inference(model, backend, example_input=example, threads=threads)
         name, accuracy = model.arch, model.checkpoint_meta.get("val_acc")
+    if runner.backend != "torch":
+        # torch only decodes and normalises here, image by image on the decoding threads: its own thread pool
+        # would fight the runtime's threads for the same cores (and spin-wait after each call).
+        torch.set_num_threads(1)
     if runner.class_names is None or runner.preprocessing is None:
         raise ValueError(f"{path} carries no class names or preprocessing; export it from one of our checkpoints")
     card = {
