@@ -110,12 +110,16 @@ def _content_length(data: bytes) -> int:
     return int(head.split(b"content-length:")[1].split(b"\r\n")[0]) if b"content-length:" in head else 0
 
 
-def start_server(weights: Path, tmp: Path, *options: str, wait: bool = True) -> Server:
-    """`python -m shufflenet serve` on a free 127.0.0.1 port, waited for until /readyz says 200."""
+def start_server(weights: Path, tmp: Path, *options: str, wait: bool = True, threads: int | None = 1) -> Server:
+    """`python -m shufflenet serve` on a free 127.0.0.1 port, waited for until /readyz says 200.
+
+    One runtime thread unless told (``threads=None``: serve's own choice, cores / workers): steady timings on a
+    busy test machine.
+    """
     port = free_port()
     log = tmp / f"serve-{port}.log"
     command = [sys.executable, "-m", "shufflenet", "serve", "--weights", str(weights), "--port", str(port)]
-    command += ["--backend", "torch", *options]
+    command += ["--backend", "torch", *(["--threads", str(threads)] if threads else []), *options]
     with open(log, "wb") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
     server = Server(proc, port, log)

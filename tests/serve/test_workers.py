@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from serve.helpers import start_server
+from shufflenet.serve.model import runtime_threads
 
 
 def worker_images(text: str) -> dict[str, float]:
@@ -16,14 +17,14 @@ def worker_images(text: str) -> dict[str, float]:
 
 
 def test_two_workers_metrics_add_up(digits_run: Path, val_images: list[Path], tmp_path: Path):
-    server = start_server(digits_run / "best.pt", tmp_path, "--workers", "2", "--max-batch-delay-ms", "0")
+    server = start_server(digits_run / "best.pt", tmp_path, "--workers", "2", "--max-batch-delay-ms", "0", threads=None)
     try:
         for _ in range(1200):  # /readyz answered 200 from one worker; the other may still be warming up
             if server.log.read_text().count("ready: shufflenet_v2_x0_5") == 2:
                 break
             time.sleep(0.1)
         assert server.log.read_text().count("ready: shufflenet_v2_x0_5") == 2
-        assert "2 worker(s) x 1 runtime thread(s)" in server.log.read_text()
+        assert f"2 worker(s) x {runtime_threads(2)} runtime thread(s)" in server.log.read_text()  # cores / 2
         body = val_images[0].read_bytes()
         sent = 0
         with ThreadPoolExecutor(8) as pool:  # fresh connections, 8 at a time: both workers accept some
