@@ -32,7 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--max-batch-delay-ms",
         type=float,
         default=5.0,
-        help="how long the oldest image may wait for a batch to fill (default %(default)s)",
+        help="how long the oldest image may wait for requests still on their way to join its batch; a lone "
+        "request runs at once (default %(default)s)",
     )
     parser.add_argument("--max-queue", type=int, default=256, help="waiting images before 503 (default %(default)s)")
     parser.add_argument("--max-body-mb", type=float, default=10.0, help="request body limit (default %(default)s)")
