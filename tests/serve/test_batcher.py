@@ -52,7 +52,7 @@ def test_images_queued_during_a_batch_form_the_next_up_to_the_maximum():
         batcher = Batcher(model, max_batch_size=4, max_delay_s=30.0)
         first = batcher.submit(image(0))
         await asyncio.get_running_loop().run_in_executor(None, model.running.wait, 10)
-        later = [batcher.submit(image(i % 4), top_k=1) for i in range(6)]  # while the runtime is busy
+        later = [batcher.submit(image(i % 4), top_k=1 + i % 2) for i in range(6)]  # while the runtime is busy
         model.release.set()
         results = await asyncio.wait_for(asyncio.gather(first, *later), 10)
         batcher.close(10)
@@ -60,7 +60,8 @@ def test_images_queued_during_a_batch_form_the_next_up_to_the_maximum():
 
     results, batches = asyncio.run(main())
     assert batches == [1, 4, 2]
-    assert [r.indices for r in results[1:]] == [[i % 4] for i in range(6)]  # each caller gets its own image's
+    assert [r.indices[0] for r in results[1:]] == [i % 4 for i in range(6)]  # each caller gets its own image's
+    assert [len(r.indices) for r in results[1:]] == [1 + i % 2 for i in range(6)]  # and its own top_k
     assert [r.batch_size for r in results] == [1, 4, 4, 4, 4, 2, 2]
 
 
