@@ -48,7 +48,9 @@ def tmp_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_readiness_is_503_until_loaded_and_warmed_up(tight_server):
     assert tight_server.ready_statuses[0] == 503 and tight_server.ready_statuses[-1] == 200
-    assert "ready: shufflenet_v2_x0_5 as torch/fp32" in tight_server.log.read_text()
+    log = tight_server.log.read_text()
+    assert "ready: shufflenet_v2_x0_5 as torch/fp32" in log
+    assert "1 worker(s) x 1 runtime thread(s)" in log  # --threads 1 (start_server's default) reached the runtime
 
 
 def test_api_key(tight_server, val_images):
