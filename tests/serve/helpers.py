@@ -86,8 +86,13 @@ def upload_in_progress(server: Server, body: bytes, **headers: str) -> Iterator[
     head = f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {len(body)}\r\n"
     head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     try:
+        before = server.metric("shufflenet_requests_arriving")
         sock.sendall(head.encode() + b"\r\n" + body[: len(body) // 2])
-        time.sleep(0.2)  # the server has read the head and started the request
+        for _ in range(200):  # until the server has started the request (and announced it to the batcher)
+            if server.metric("shufflenet_requests_arriving") > before:
+                break
+            time.sleep(0.05)
+        assert server.metric("shufflenet_requests_arriving") == before + 1
         yield sock
     finally:
         sock.close()

@@ -126,6 +126,7 @@ class _State:
                 config.limits.max_queue,
                 on_batch=self.metrics.observe_batch,
                 on_depth=self.metrics.queue_depth.set,
+                on_arriving=self.metrics.arriving.set,
             )
             self.served = served
             log.info(

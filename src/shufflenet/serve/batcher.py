@@ -71,6 +71,7 @@ class Batcher:
         max_queue: int = 256,
         on_batch: Callable[[int, float], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
+        on_arriving: Callable[[int], None] | None = None,
     ) -> None:
         if max_batch_size < 1 or max_delay_s < 0 or max_queue < 1:
             raise ValueError(
@@ -83,6 +84,7 @@ class Batcher:
         self.max_queue = max_queue
         self.on_batch = on_batch or (lambda size, seconds: None)
         self.on_depth = on_depth or (lambda depth: None)
+        self.on_arriving = on_arriving or (lambda count: None)
         self._queue: deque[_Item] = deque()
         self._arriving = 0
         self._cond = threading.Condition()
@@ -100,11 +102,13 @@ class Batcher:
         """Announce a request whose images will be submitted inside this block (worth waiting for)."""
         with self._cond:
             self._arriving += 1
+            self.on_arriving(self._arriving)
         try:
             yield
         finally:
             with self._cond:
                 self._arriving -= 1
+                self.on_arriving(self._arriving)
                 self._cond.notify()
 
     def submit(self, image: Tensor, top_k: int = 5) -> asyncio.Future:

@@ -52,6 +52,12 @@ class Metrics:
         self.queue_depth = Gauge(
             "shufflenet_queue_depth", "images waiting for the model", multiprocess_mode="livesum", **options
         )
+        self.arriving = Gauge(
+            "shufflenet_requests_arriving",
+            "classify requests being received or decoded (the batch window waits for them)",
+            multiprocess_mode="livesum",
+            **options,
+        )
         self.rejections = Counter("shufflenet_rejections", "requests refused, by reason", ["reason"], **options)
 
     def observe_batch(self, size: int, seconds: float) -> None:
