@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,12 +76,55 @@ class Server:
         return self.proc.returncode
 
 
-def start_server(weights: Path, tmp: Path, *options: str, wait: bool = True) -> Server:
-    """`python -m shufflenet serve` on a free 127.0.0.1 port, waited for until /readyz says 200."""
+@contextmanager
+def upload_in_progress(server: Server, body: bytes, **headers: str) -> Iterator[socket.socket]:
+    """A classify request whose body is half sent while the block runs: the batcher waits for it.
+
+    The socket is yielded: send ``body[len(body) // 2:]`` to finish the request, or leave the block to hang up.
+    """
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    head = f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {len(body)}\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    try:
+        before = server.metric("shufflenet_requests_arriving")
+        sock.sendall(head.encode() + b"\r\n" + body[: len(body) // 2])
+        for _ in range(200):  # until the server has started the request (and announced it to the batcher)
+            if server.metric("shufflenet_requests_arriving") > before:
+                break
+            time.sleep(0.05)
+        assert server.metric("shufflenet_requests_arriving") == before + 1
+        yield sock
+    finally:
+        sock.close()
+
+
+def read_response(sock: socket.socket) -> tuple[int, bytes]:
+    """Status and body of one HTTP/1.1 response with a Content-Length."""
+    data = b""
+    while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < _content_length(data):
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError(f"the server closed the connection after {data[:200]!r}")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head[9:12]), body
+
+
+def _content_length(data: bytes) -> int:
+    head = data.partition(b"\r\n\r\n")[0].lower()
+    return int(head.split(b"content-length:")[1].split(b"\r\n")[0]) if b"content-length:" in head else 0
+
+
+def start_server(weights: Path, tmp: Path, *options: str, wait: bool = True, threads: int | None = 1) -> Server:
+    """`python -m shufflenet serve` on a free 127.0.0.1 port, waited for until /readyz says 200.
+
+    One runtime thread unless told (``threads=None``: serve's own choice, cores / workers): steady timings on a
+    busy test machine.
+    """
     port = free_port()
     log = tmp / f"serve-{port}.log"
     command = [sys.executable, "-m", "shufflenet", "serve", "--weights", str(weights), "--port", str(port)]
-    command += ["--backend", "torch", *options]
+    command += ["--backend", "torch", *(["--threads", str(threads)] if threads else []), *options]
     with open(log, "wb") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
     server = Server(proc, port, log)

@@ -77,3 +77,17 @@ def test_page_classifies_an_uploaded_image_like_the_api(browser, api_server, val
     assert "422" in error and "bad_image" in error
     assert not browser.find_elements(By.CSS_SELECTOR, "#results li")
     browser.save_screenshot(str(tmp_path / "page-error.png"))
+
+
+def test_openapi_page_renders_offline(browser, api_server):
+    """/docs: Swagger UI from the package itself (this browser reaches nothing but 127.0.0.1) lists the routes."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    status, _, html = api_server.request("GET", "/docs")
+    scripts = [part.split('"')[1] for part in html.decode().split(" src=")[1:]]
+    assert status == 200 and scripts and all(src.startswith("/") for src in scripts), scripts  # no CDN
+    browser.get(f"http://127.0.0.1:{api_server.port}/docs")
+    WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
+    paths = {element.text for element in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+    assert {"/v1/classify", "/v1/model", "/healthz", "/readyz"} <= {p.replace("\u200b", "") for p in paths}

@@ -32,7 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--max-batch-delay-ms",
         type=float,
         default=5.0,
-        help="how long the oldest image may wait for a batch to fill (default %(default)s)",
+        help="how long the oldest image may wait for requests still on their way to join its batch; a lone "
+        "request runs at once (default %(default)s)",
     )
     parser.add_argument("--max-queue", type=int, default=256, help="waiting images before 503 (default %(default)s)")
     parser.add_argument("--max-body-mb", type=float, default=10.0, help="request body limit (default %(default)s)")
@@ -42,6 +43,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-images", type=int, default=64, help="images per request (default %(default)s)")
     parser.add_argument("--timeout-s", type=float, default=30.0, help="per-request time limit (default %(default)s)")
     parser.add_argument("--workers", type=int, default=1, help="processes; runtime threads = cores / workers")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="runtime threads per worker (default cores / workers; fewer leave cores to decoding under load)",
+    )
     parser.add_argument("--api-key-file", metavar="FILE", help="require 'Authorization: Bearer <the key in FILE>'")
     parser.add_argument(
         "--cors-origin", action="append", default=[], metavar="ORIGIN", help="allow browser calls from ORIGIN"
@@ -77,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
         max_batch_delay_ms=args.max_batch_delay_ms,
         workers=args.workers,
+        runtime_threads=args.threads,
         api_key_file=args.api_key_file,
         cors_origins=args.cors_origin,
         limits=limits,

@@ -21,9 +21,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
@@ -36,6 +37,7 @@ from shufflenet.serve.model import ServedModel, cpu_cores, load_served_model, ru
 log = logging.getLogger("shufflenet.serve")
 PAGE = Path(__file__).resolve().parent / "page"
 CONFIG_ENV = "SHUFFLENET_SERVE_CONFIG"  # how `--workers` processes get the configuration
+MAX_TOP_K = 1000
 
 
 @dataclass
@@ -49,6 +51,7 @@ class ServeConfig:
     max_batch_size: int = 16
     max_batch_delay_ms: float = 5.0
     workers: int = 1
+    runtime_threads: int | None = None  # None: cores / workers
     api_key_file: str | None = None
     cors_origins: list[str] = field(default_factory=list)
     limits: Limits = field(default_factory=Limits)
@@ -60,14 +63,16 @@ class ServeConfig:
                 f"--max-batch-size and --workers must be >= 1 and --max-batch-delay-ms >= 0; got "
                 f"{self.max_batch_size}, {self.workers}, {self.max_batch_delay_ms}"
             )
+        if self.runtime_threads is not None and self.runtime_threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {self.runtime_threads}")
         self.limits.validate()
         read_api_key(self.api_key_file)
         return self
 
     @property
     def threads(self) -> int:
-        """Runtime threads per worker: cores / workers."""
-        return runtime_threads(self.workers)
+        """Runtime threads per worker: ``--threads``, else cores / workers."""
+        return self.runtime_threads or runtime_threads(self.workers)
 
     def to_json(self) -> str:
         """The configuration for worker processes."""
@@ -104,7 +109,8 @@ class _State:
         self.batcher: Batcher | None = None
         self.error: str | None = None
         self.draining = False
-        self.decoders = ThreadPoolExecutor(max_workers=max(2, config.threads), thread_name_prefix="shufflenet-decode")
+        decoders = max(2, runtime_threads(config.workers))
+        self.decoders = ThreadPoolExecutor(max_workers=decoders, thread_name_prefix="shufflenet-decode")
 
     def load(self) -> None:
         """Load, compile and warm up the model, then start the batcher (on a thread: /healthz answers meanwhile)."""
@@ -114,12 +120,13 @@ class _State:
             served = load_served_model(config.weights, config.backend, config.threads, config.max_batch_size)
             warm_seconds = warm_up(served, (1, config.max_batch_size))
             self.batcher = Batcher(
-                served.runner,
+                served.probabilities,
                 config.max_batch_size,
                 config.max_batch_delay_ms / 1000,
                 config.limits.max_queue,
                 on_batch=self.metrics.observe_batch,
                 on_depth=self.metrics.queue_depth.set,
+                on_arriving=self.metrics.arriving.set,
             )
             self.served = served
             log.info(
@@ -160,7 +167,8 @@ def create_app(config: ServeConfig) -> FastAPI:
         log.info("shutting down: finishing %d queued image(s)", state.batcher.depth if state.batcher else 0)
         await asyncio.get_running_loop().run_in_executor(None, state.close)
 
-    app = FastAPI(
+    app = FastAPIOffline(  # FastAPI whose /docs serves Swagger UI from the package, not from a CDN
+        redoc_url=None,
         title="shufflenet serve",
         summary="Image classification with a ShuffleNet checkpoint, batched dynamically on the CPU",
         lifespan=lifespan,
@@ -182,15 +190,8 @@ def create_app(config: ServeConfig) -> FastAPI:
         state.metrics.rejections.labels(err.reason).inc()
         return JSONResponse({"error": err.reason, "detail": err.message}, err.status, headers=err.headers)
 
-    def authorized(request: Request) -> None:
-        if state.api_key is None:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        # compare_digest: the time taken does not tell how much of a guessed key was right.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), state.api_key.encode()):
-            raise Rejection(
-                401, "unauthorized", "send the key as 'Authorization: Bearer <key>'", {"WWW-Authenticate": "Bearer"}
-            )
+    async def authorized(request: Request) -> None:  # async: FastAPI runs a plain def on a thread pool
+        check_api_key(state.api_key, request.headers.get("authorization"))
 
     def require_ready() -> ServedModel:
         if not state.ready or state.served is None:
@@ -225,11 +226,19 @@ def create_app(config: ServeConfig) -> FastAPI:
         limits = {"max_body_bytes": config.limits.max_body_bytes, "max_images": config.limits.max_images}
         return {**served.card, "batching": batching, "limits": limits, "workers": config.workers}
 
+    # No FastAPI parameters or dependencies on the hot path: the key, top_k and the body are read here, which
+    # saves the dependency machinery's per-request cost; openapi_extra documents what it takes.
     @app.post(
         "/v1/classify",
         summary="classify images: one raw image body, or multipart/form-data with one or more image files",
-        dependencies=[Depends(authorized)],
         openapi_extra={
+            "parameters": [
+                {
+                    "name": "top_k",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K, "default": 5},
+                }
+            ],
             "requestBody": {
                 "content": {
                     "image/*": {"schema": {"type": "string", "format": "binary"}},
@@ -240,27 +249,31 @@ def create_app(config: ServeConfig) -> FastAPI:
                         }
                     },
                 }
-            }
+            },
         },
     )
-    async def classify(request: Request, top_k: int = Query(5, ge=1, le=1000)) -> Any:
+    async def classify(request: Request) -> Response:
         started = time.perf_counter()
         deadline = started + config.limits.timeout_s
+        check_api_key(state.api_key, request.headers.get("authorization"))
         served = require_ready()
+        top_k = _top_k(request.query_params.get("top_k"))
         kind = check_content_type(request.headers.get("content-type"))
-        try:
-            body = await _read_body(request, config.limits.max_body_bytes)
-        except ClientDisconnect:
-            state.metrics.rejections.labels("client_disconnected").inc()
-            return Response(status_code=499)  # nobody is listening; the status only reaches the metrics
-        uploads = await _split_images(request, body, kind, config.limits.max_images)
-        inputs = await _with_deadline(
-            asyncio.get_running_loop().run_in_executor(state.decoders, _decode_all, uploads, served, config.limits),
-            deadline,
-        )
-        decoded = time.perf_counter()
-        results = await _with_deadline(_classify(state, inputs), deadline)
-        return _response(served, results, uploads, top_k, started, decoded)
+        with state.batcher.arriving():  # the batcher may wait a little for these images, not longer
+            try:
+                body = await _read_body(request, config.limits.max_body_bytes)
+            except ClientDisconnect:
+                state.metrics.rejections.labels("client_disconnected").inc()
+                return Response(status_code=499)  # nobody is listening; the status only reaches the metrics
+            uploads = await _split_images(request, body, kind, config.limits.max_images)
+            inputs = await _with_deadline(
+                asyncio.get_running_loop().run_in_executor(state.decoders, _decode_all, uploads, served, config.limits),
+                deadline,
+            )
+            decoded = time.perf_counter()
+            futures = _submit(state.batcher, inputs, top_k)
+        results = await _with_deadline(_gather(futures), deadline)
+        return _response(served, results, uploads, started, decoded)
 
     return app
 
@@ -307,26 +320,52 @@ async def _split_images(request: Request, body: bytes, kind: str, max_images: in
     return uploads
 
 
+def check_api_key(key: str | None, authorization: str | None) -> None:
+    """401 unless ``authorization`` is ``Bearer <key>`` (nothing to check without a key)."""
+    if key is None:
+        return
+    scheme, _, given = (authorization or "").partition(" ")
+    # compare_digest: the time taken does not tell how much of a guessed key was right.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
+        raise Rejection(
+            401, "unauthorized", "send the key as 'Authorization: Bearer <key>'", {"WWW-Authenticate": "Bearer"}
+        )
+
+
+def _top_k(value: str | None) -> int:
+    if value is None:
+        return 5
+    if not value.isdigit() or not 1 <= int(value) <= MAX_TOP_K:
+        raise Rejection(422, "bad_top_k", f"top_k={value!r}: give an integer from 1 to {MAX_TOP_K}")
+    return int(value)
+
+
 def _decode_all(uploads: list[tuple[str, bytes]], served: ServedModel, limits: Limits) -> list[Any]:
-    return [image_to_input(data, name, served.transform, limits.max_pixels) for name, data in uploads]
+    return [
+        image_to_input(data, name, served.transform, limits.max_pixels, served.draft_size) for name, data in uploads
+    ]
 
 
-async def _classify(state: _State, inputs: list[Any]) -> list[Any]:
-    """Queue every image and wait for all; the queue being full or closed is a 503."""
+def _submit(batcher: Batcher, inputs: list[Any], top_k: int) -> list[asyncio.Future]:
+    """Queue every image of a request, or none: the queue being full or closed is a 503."""
     futures = []
     try:
         for image in inputs:
-            futures.append(state.batcher.submit(image))
+            futures.append(batcher.submit(image, top_k))
     except (QueueFullError, BatcherClosedError) as err:
         for future in futures:
             future.cancel()
         reason = "queue_full" if isinstance(err, QueueFullError) else "shutting_down"
         raise Rejection(503, reason, f"{err}; retry shortly", {"Retry-After": "1"}) from None
+    return futures
+
+
+async def _gather(futures: list[asyncio.Future]) -> list[Any]:
     try:
         return await asyncio.gather(*futures)
     except asyncio.CancelledError:
         for future in futures:
-            future.cancel()  # a timed-out request's images never reach the model
+            future.cancel()  # a timed-out or disconnected request's images never reach the model
         raise
 
 
@@ -338,25 +377,18 @@ async def _with_deadline(awaitable: Any, deadline: float) -> Any:
 
 
 def _response(
-    served: ServedModel,
-    results: list[Any],
-    uploads: list[tuple[str, bytes]],
-    top_k: int,
-    started: float,
-    decoded: float,
-) -> dict[str, Any]:
-    names = served.class_names
-    k = min(top_k, len(names))
+    served: ServedModel, results: list[Any], uploads: list[tuple[str, bytes]], started: float, decoded: float
+) -> Response:
+    names = served.card["classes"]
     predictions = []
     for (name, _), result in zip(uploads, results, strict=True):
-        probabilities, indices = result.probabilities.topk(k)
         top = [
             {"label": names[i], "index": i, "probability": p}
-            for i, p in zip(indices.tolist(), probabilities.tolist(), strict=True)
+            for i, p in zip(result.indices, result.probabilities, strict=True)
         ]
         predictions.append({"name": name, **top[0], "top_k": top})
     finished = time.perf_counter()
-    return {
+    answer = {
         "model": served.card["name"],
         "predictions": predictions,
         "timings_ms": {
@@ -367,6 +399,8 @@ def _response(
         },
         "batch_sizes": [r.batch_size for r in results],
     }
+    # json.dumps of plain lists and floats: FastAPI's jsonable_encoder walk would cost more than the model.
+    return Response(json.dumps(answer), media_type="application/json")
 
 
 def _not_ready_message(state: _State) -> str:

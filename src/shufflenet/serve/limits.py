@@ -74,12 +74,21 @@ def check_content_type(content_type: str | None) -> str:
     )
 
 
-def image_to_input(data: bytes, name: str, transform: Callable[[Image.Image], Tensor], max_pixels: int) -> Tensor:
-    """Decode an upload and apply ``transform`` (the checkpoint's eval preprocessing); 413/422 when it cannot."""
+def image_to_input(
+    data: bytes,
+    name: str,
+    transform: Callable[[Image.Image], Tensor],
+    max_pixels: int,
+    draft_size: int | None = None,
+) -> Tensor:
+    """Decode an upload and apply ``transform`` (the checkpoint's eval preprocessing); 413/422 when it cannot.
+
+    ``draft_size``: a JPEG larger than needed decodes at 1/2, 1/4 or 1/8 scale while both sides stay >= it.
+    """
     if not data:
         raise Rejection(422, "empty_image", f"{name} is empty; send the image file's bytes")
     try:
-        image = decode_image(io.BytesIO(data), name, max_pixels=max_pixels)
+        image = decode_image(io.BytesIO(data), name, draft_size=draft_size, max_pixels=max_pixels)
     except ImageTooLargeError as err:
         raise Rejection(413, "too_many_pixels", f"{name}: {err.reason}; send a smaller image") from None
     except BadImageError as err:

@@ -45,8 +45,18 @@ class Metrics:
             "shufflenet_inference_seconds", "runtime time per batch", buckets=LATENCY_BUCKETS, **options
         )
         self.images = Counter("shufflenet_images", "images classified", **options)
+        # One series per worker process (label pid) with --workers: how the load spread over them.
+        self.worker_images = Gauge(
+            "shufflenet_worker_images", "images this worker classified", multiprocess_mode="all", **options
+        )
         self.queue_depth = Gauge(
             "shufflenet_queue_depth", "images waiting for the model", multiprocess_mode="livesum", **options
+        )
+        self.arriving = Gauge(
+            "shufflenet_requests_arriving",
+            "classify requests being received or decoded (the batch window waits for them)",
+            multiprocess_mode="livesum",
+            **options,
         )
         self.rejections = Counter("shufflenet_rejections", "requests refused, by reason", ["reason"], **options)
 
@@ -55,6 +65,7 @@ class Metrics:
         self.batch_size.observe(size)
         self.inference.observe(seconds)
         self.images.inc(size)
+        self.worker_images.inc(size)
 
     def exposition(self) -> tuple[bytes, str]:
         """The text format body and its content type (summed over workers in multiprocess mode)."""

@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from shufflenet.deploy.runtimes.base import CompiledModel
+from shufflenet.transforms import batch_normalizer, eval_transform
 
 log = logging.getLogger("shufflenet.serve")
 
@@ -36,11 +39,21 @@ class ServedModel:
     runner: CompiledModel
     card: dict[str, Any]
     transform: Any = field(repr=False)
+    normalize: Callable[[Tensor], Tensor] = field(repr=False)
 
     @property
     def class_names(self) -> list[str]:
         """The class names, index order."""
         return list(self.card["classes"])
+
+    @property
+    def draft_size(self) -> int:
+        """JPEGs decode at reduced scale while both sides stay >= this (the resize target), as training does."""
+        return self.runner.preprocessing.resize_size
+
+    def probabilities(self, images: Tensor) -> Tensor:
+        """Class probabilities (N, classes) of a uint8 NCHW batch made by :attr:`transform`."""
+        return self.runner(self.normalize(images)).float().softmax(1)
 
 
 def load_served_model(
@@ -53,7 +66,7 @@ def load_served_model(
     from shufflenet.deploy import compile_for_inference
     from shufflenet.deploy.inputs import default_example_input
 
-    torch.set_num_threads(threads)  # the torch runtime and the decoding transforms share this budget
+    torch.set_num_threads(threads)  # for the torch runtime and for the race
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"--weights {path} does not exist; pass RUN/best.pt or an exported .onnx / .xml")
@@ -70,6 +83,10 @@ def load_served_model(
         example = default_example_input(model, batch_size=batch_size)
         runner = compile_for_inference(model, backend, example_input=example, threads=threads)
         name, accuracy = model.arch, model.checkpoint_meta.get("val_acc")
+    if runner.backend != "torch":
+        # torch only decodes and normalises here, image by image on the decoding threads: its own thread pool
+        # would fight the runtime's threads for the same cores (and spin-wait after each call).
+        torch.set_num_threads(1)
     if runner.class_names is None or runner.preprocessing is None:
         raise ValueError(f"{path} carries no class names or preprocessing; export it from one of our checkpoints")
     card = {
@@ -84,7 +101,9 @@ def load_served_model(
         "auto_timings_ms": runner.auto_timings,
         "val_accuracy": float(accuracy) if accuracy is not None and accuracy >= 0 else None,
     }
-    return ServedModel(runner, card, runner.preprocessing.eval_transform())
+    # uint8 per image (decode threads), normalised once per batch (inference thread): the same numbers as
+    # preprocessing.eval_transform(), which resizes uint8 too, with a quarter of the bytes handed across.
+    return ServedModel(runner, card, eval_transform(runner.preprocessing), batch_normalizer(runner.preprocessing))
 
 
 def warm_up(served: ServedModel, batch_sizes: tuple[int, ...], rounds: int = 3) -> float:
@@ -92,8 +111,8 @@ def warm_up(served: ServedModel, batch_sizes: tuple[int, ...], rounds: int = 3) 
     started = time.perf_counter()
     size = served.runner.preprocessing.crop_size
     for batch in batch_sizes:
-        example = torch.zeros(batch, 3, size, size)
+        example = torch.zeros(batch, 3, size, size, dtype=torch.uint8)
         for _ in range(rounds):
             with torch.inference_mode():
-                served.runner(example)
+                served.probabilities(example)
     return time.perf_counter() - started
