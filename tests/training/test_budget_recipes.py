@@ -4,22 +4,37 @@ images per class, and --time-budget's epochs from the measured speed (issue 23).
 from __future__ import annotations
 
 import json
+import os
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
+from torchvision.transforms import v2 as T
 
 import shufflenet
+from shufflenet.data import scan_image_folder
 from shufflenet.training import TrainConfig, budget
+from shufflenet.training.distributed import Distributed
+from shufflenet.training.loaders import build_data
 from shufflenet.training.recipes import (
     budget_regularisation,
     choose_image_size,
     fit_recipe_to_data,
+    plan_run,
     resolve_recipe,
 )
 from shufflenet.training.state import read_last_checkpoint, resumed_config
 
 RUN = {"model": "shufflenet_v2_x0_5", "workers": 0, "threads": 1, "device": "cpu"}
+
+
+def probe(root: Path) -> budget.ImageProbe:
+    """The size probe on a tree as training lists it."""
+    samples, class_names = scan_image_folder(root)
+    return budget.probe_samples(samples, len(class_names))
 
 
 def write_sized(root: Path, sizes: list[tuple[int, int]], classes: int = 2) -> Path:
@@ -42,20 +57,20 @@ def write_sized(root: Path, sizes: list[tuple[int, int]], classes: int = 2) -> P
     ],
 )
 def test_scratch_size_is_the_images_median_short_side(tmp_path: Path, sizes: list, expected: int) -> None:
-    probe = budget.probe_images(write_sized(tmp_path / "data", sizes))
-    assert probe.sampled == len(sizes) and probe.num_classes == 2
-    cfg, notes = choose_image_size(TrainConfig(out="run"), set(), probe)
+    probed = probe(write_sized(tmp_path / "data", sizes))
+    assert probed.sampled == len(sizes) and probed.num_classes == 2
+    cfg, notes = choose_image_size(TrainConfig(out="run"), set(), probed)
     assert cfg.img_size == expected and f"img_size={expected}" in notes[0]
-    assert f"median short side {probe.median_short_side:.0f} px" in cfg.chosen["img_size"]
-    given, notes = choose_image_size(TrainConfig(out="run", img_size=64), {"img_size"}, probe)
+    assert f"median short side {probed.median_short_side:.0f} px" in cfg.chosen["img_size"]
+    given, notes = choose_image_size(TrainConfig(out="run", img_size=64), {"img_size"}, probed)
     assert given.img_size == 64 and notes == [] and given.chosen is None
 
 
 def test_finetuning_keeps_224_and_prices_small_images(tmp_path: Path) -> None:
-    probe = budget.probe_images(write_sized(tmp_path / "data", [(32, 32)] * 4))
-    cfg, notes = choose_image_size(TrainConfig(out="run", weights="w.pth"), set(), probe)
+    small = probe(write_sized(tmp_path / "data", [(32, 32)] * 4))
+    cfg, notes = choose_image_size(TrainConfig(out="run", weights="w.pth"), set(), small)
     assert cfg.img_size == 224 and "upsamples them 7.0x" in notes[0] and "about 49x one at --img-size 32" in notes[0]
-    photos = budget.probe_images(write_sized(tmp_path / "photos", [(500, 375)] * 4))
+    photos = probe(write_sized(tmp_path / "photos", [(500, 375)] * 4))
     assert choose_image_size(TrainConfig(out="run", weights="w.pth"), set(), photos) == (
         TrainConfig(out="run", weights="w.pth"),
         [],
@@ -69,6 +84,59 @@ def test_training_without_img_size_records_the_size_from_the_images(image_tree: 
     assert config["options"]["img_size"] == 32  # the tree's images are 40 x 36
     assert "median short side 36 px" in config["recipe"]["chosen"]["img_size"]
     assert "img_size=32: median short side 36 px" in (run / "train.log").read_text()
+
+
+def test_training_lists_each_class_folder_once(
+    image_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The size comes from the files the data module listed: a second walk of a 100,000-file tree would double
+    # start-up. os.walk reads every folder through os.scandir.
+    scanned: Counter[str] = Counter()
+    real_scandir = os.scandir
+
+    def counting_scandir(path: str | Path = ".") -> Iterator[os.DirEntry]:
+        scanned[os.path.realpath(path)] += 1
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", counting_scandir)
+    run = tmp_path / "run"
+    shufflenet.train(data=str(image_tree), out=str(run), epochs=1, batch_size=8, **RUN)
+    train_folders = [str((image_tree / "train" / name).resolve()) for name in ("cat", "dog")]
+    assert [scanned[folder] for folder in train_folders] == [1, 1], dict(scanned)
+    assert json.loads((run / "config.json").read_text())["options"]["img_size"] == 32  # the size still chosen
+
+
+def test_size_probe_reads_a_bounded_sample_spread_over_the_classes(tmp_path: Path) -> None:
+    # 3 classes of 40 images; class 2's are 96 px, the others 32: a probe of 12 headers reads 4 of each class.
+    write_sized(tmp_path / "data", [(32, 32), (32, 32), (96, 96)] * 40, classes=3)
+    samples, class_names = scan_image_folder(tmp_path / "data")
+    opened: list[str] = []
+    real_open = Image.open
+
+    def counting_open(path: Path, *args: object) -> Image.Image:
+        opened.append(Path(path).parent.name)
+        return real_open(path, *args)
+
+    monkey = pytest.MonkeyPatch()
+    with monkey.context() as patch:
+        patch.setattr(Image, "open", counting_open)
+        probed = budget.probe_samples(samples, len(class_names), sample=12)
+    assert probed.sampled == 12 and Counter(opened) == {"class0": 4, "class1": 4, "class2": 4}
+    assert probed.median_short_side == 32 and probed.train_images == 120
+
+
+def test_the_transforms_follow_the_options_fitted_to_the_data(tmp_path: Path) -> None:
+    # The crop scale the budget chose (6 passes over 101 images per class: short row, 0.6 at <= 64 px) is the
+    # one the loader applies, not the recipe's unfitted 0.35 (the transforms were once built before the fit,
+    # and config.json recorded a 0.6 that training never used).
+    data_dir = write_sized(tmp_path / "data", [(40, 36)] * 2 * 126)  # 101 per class train after the 0.2 split
+    cfg = TrainConfig(data=str(data_dir), out=str(tmp_path / "run"), epochs=6, **RUN)
+    fit = plan_run(cfg, {"data", "out", "epochs", *RUN})
+    data = build_data(cfg, Distributed(device=torch.device("cpu")), tmp_path / "run", False, fit)
+    (crop,) = [t for t in data.bundle.train.transform.transforms if isinstance(t, T.RandomResizedCrop)]
+    assert data.config.crop_scale == 0.6 and crop.scale == (0.6, 1.0) and crop.size == (32, 32)
+    image, _ = data.bundle.val[0]
+    assert data.preprocessing.crop_size == 32 and tuple(image.shape) == (3, 32, 32)
 
 
 # The rule's definition (BUDGET_RULES): up to 12 passes "short", up to 25 "medium", beyond "long"; fewer than 100

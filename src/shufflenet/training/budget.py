@@ -6,21 +6,22 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from PIL import Image
 from torch import nn
 
-from shufflenet.data import detect_layout, scan_image_folder
+from shufflenet.data import Sample
 from shufflenet.models import create_model
 from shufflenet.training.config import TrainConfig
 from shufflenet.training.optim import build_optimizer
 
-__all__ = ["ImageProbe", "clock", "measure_step_seconds", "probe_images"]
+__all__ = ["ImageProbe", "clock", "measure_step_seconds", "probe_samples"]
 
-# Images whose headers are read to find the size: enough for a stable median, cheap on any folder.
+# Images whose headers are read to find the size, spread over the classes: enough for a stable median, cheap on
+# any folder.
 PROBE_SAMPLE = 64
 # The clock --time-budget measures steps with (tests replace it to set the measured speed).
 clock = time.perf_counter
@@ -36,24 +37,25 @@ class ImageProbe:
     train_images: int
 
 
-def probe_images(data_dir: str | Path, sample: int = PROBE_SAMPLE) -> ImageProbe:
-    """Read the sizes of up to ``sample`` training images, spread over the classes, from their headers only
-    (PIL opens lazily: nothing is decoded); files it cannot open are left out."""
-    root = Path(data_dir)
-    if detect_layout(root) == "train/val":
-        root = root / "train"
-    samples, class_names = scan_image_folder(root)
-    every = max(1, len(samples) // sample)
+def probe_samples(samples: Sequence[Sample], num_classes: int, sample: int = PROBE_SAMPLE) -> ImageProbe:
+    """The sizes of up to ``sample`` of the training files already listed (about as many of each class, evenly
+    spread within it), read from their headers only (PIL opens lazily: nothing is decoded); files it cannot open
+    are left out. Nothing is listed again: a folder of 100,000 images is walked once, by the data module."""
+    per_class: dict[int, list[Sample]] = {}
+    for item in samples:
+        per_class.setdefault(item[1], []).append(item)
+    quota = max(1, -(-sample // max(num_classes, 1)))
+    picked = [item for files in per_class.values() for item in files[:: max(1, len(files) // quota)][:quota]]
     short_sides = []
-    for path, _ in samples[::every][:sample]:
+    for path, _ in picked[:sample]:
         try:
             with Image.open(path) as image:
                 short_sides.append(min(image.size))
         except OSError:  # a bad file is the data module's to report; the size comes from the others
             continue
     if not short_sides:
-        raise ValueError(f"{data_dir}: none of {len(samples)} images could be opened; check the files")
-    return ImageProbe(statistics.median(short_sides), len(short_sides), len(class_names), len(samples))
+        raise ValueError(f"none of the {len(picked)} training images sampled could be opened; check the files")
+    return ImageProbe(statistics.median(short_sides), len(short_sides), num_classes, len(samples))
 
 
 def measure_step_seconds(

@@ -26,6 +26,7 @@ from shufflenet.data import BadImageError, ImageFolderDataset, build_datasets, l
 from shufflenet.data.bad_images import BAD_IMAGES_FILE, BadImageLog, too_many_bad_images
 from shufflenet.training.config import TrainConfig
 from shufflenet.training.distributed import Distributed
+from shufflenet.training.recipes import FitRun
 from shufflenet.training.run_folder import SPLIT_FILE
 from shufflenet.training.signals import ignore_stop_signals
 from shufflenet.transforms import Preprocessing, batch_normalizer, eval_transform, train_transform
@@ -33,8 +34,6 @@ from shufflenet.transforms import Preprocessing, batch_normalizer, eval_transfor
 log = logging.getLogger("shufflenet.training")
 
 CACHE_BUDGET = 2 * 1024**3  # bytes of decoded images kept in memory when cache_images is None
-# (options, training images, world size) -> options for that training set, log lines
-FitToData = Callable[[TrainConfig, int, int], tuple[TrainConfig, list[str]]]
 
 
 @dataclass
@@ -55,34 +54,36 @@ class TrainData:
 
 
 def build_data(
-    cfg: TrainConfig, dist: Distributed, run_dir: Path, split_existed: bool, fit: FitToData | None = None
+    cfg: TrainConfig, dist: Distributed, run_dir: Path, split_existed: bool, fit: FitRun | None = None
 ) -> TrainData:
     """train/ + val/ folders, or one class tree split (seeded, stratified) and saved to split.json; ``fit``
-    adapts the options to the training-set size (the recipe's batch size and epochs; ``TrainData.config``)."""
-    preprocessing = Preprocessing.for_size(cfg.eval_size or cfg.img_size, crop_pct=cfg.eval_crop)
-    transforms = (
-        train_transform(preprocessing, cfg.crop_scale, cfg.hflip, cfg.img_size, cfg.auto_augment, cfg.random_erase),
-        eval_transform(preprocessing),
-    )
+    chooses the options from the files listed (image size, recipe, batch, epochs, regularisation:
+    ``TrainData.config``), before any transform is built from them."""
     # Rank 0 writes split.json; the others compute the same seeded split, or read the file if it already was
-    # (a resume reads the saved file lists: no rescan, no new split).
+    # (a resume reads the saved file lists: no rescan, no new split). The transforms come after the fit.
     listed = time.perf_counter()
     bad_log = BadImageLog(run_dir / BAD_IMAGES_FILE)
     bundle = build_datasets(
         cfg.data,
-        preprocessing,
+        Preprocessing.for_size(cfg.img_size),
         val_split=cfg.val_split,
         seed=cfg.seed,
         split_file=run_dir / SPLIT_FILE if dist.is_main or split_existed else None,
-        draft=True,
-        transforms=transforms,
+        transforms=(None, None),
         bad_log=bad_log,
     )
     listed = time.perf_counter() - listed
     if fit is not None:
-        cfg, notes = fit(cfg, len(bundle.train), dist.world_size)
+        cfg, notes = fit(cfg, bundle.train.samples, len(bundle.class_names), dist.world_size)
         for message in notes:
             log.info(message)
+    preprocessing = Preprocessing.for_size(cfg.eval_size or cfg.img_size, crop_pct=cfg.eval_crop)
+    bundle.train.transform = train_transform(
+        preprocessing, cfg.crop_scale, cfg.hflip, cfg.img_size, cfg.auto_augment, cfg.random_erase, cfg.pad_crop
+    )
+    bundle.val.transform = eval_transform(preprocessing)
+    for dataset in (bundle.train, bundle.val):
+        dataset.draft_size = preprocessing.resize_size  # JPEGs decoded at reduced scale, >= the resize size
     # Half the budget each: the auto cache is for datasets that fit in memory many times over.
     train_data = maybe_cache(cfg.cache_images, bundle.train, preprocessing, CACHE_BUDGET // 2)
     val_data = maybe_cache(cfg.cache_images, bundle.val, preprocessing, CACHE_BUDGET // 2)

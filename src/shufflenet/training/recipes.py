@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Set
+from collections.abc import Callable, Sequence, Set
 from functools import partial
 from typing import Any
 
 import torch
 
+from shufflenet.data import Sample
 from shufflenet.training import budget
 from shufflenet.training.config import TrainConfig
 
@@ -29,12 +30,16 @@ __all__ = [
     "budget_regularisation",
     "epochs_for_minutes",
     "fit_recipe_to_data",
+    "fit_run",
     "plan_run",
     "recipe_record",
     "recipe_values",
     "resolve_recipe",
     "size_for_images",
 ]
+
+# (options, the listed training files, classes, world size) -> the options fitted to them, log lines
+FitRun = Callable[[TrainConfig, Sequence[Sample], int, int], tuple[TrainConfig, list[str]]]
 
 # The options every recipe sets (so that switching recipes leaves nothing of another behind).
 RECIPE_KEYS = (
@@ -282,25 +287,37 @@ def _recipe_name(cfg: TrainConfig) -> str:
     return cfg.recipe or ("finetune" if cfg.weights else "scratch")
 
 
-def plan_run(
-    cfg: TrainConfig, explicit: set[str], device: torch.device | None = None
-) -> tuple[TrainConfig, list[str], Callable[[TrainConfig, int, int], tuple[TrainConfig, list[str]]]]:
-    """A new run's options before its data is loaded: the image size from the images (:func:`choose_image_size`),
-    the recipe (:func:`resolve_recipe`), and the function that fits them to the training set and the budget."""
+def plan_run(cfg: TrainConfig, explicit: set[str], device: torch.device | None = None) -> FitRun:
+    """A new run's checks before its data is listed, and the function that fits its options to the listing:
+    :func:`fit_run` with ``explicit`` and ``device`` bound."""
     if cfg.time_budget and "epochs" in explicit:
         raise ValueError(
             f"--time-budget {cfg.time_budget:g} fits the epochs to the minutes, --epochs {cfg.epochs} fixes them: "
             "pass one of them"
         )
-    probe = budget.probe_images(cfg.data) if cfg.data else None
+    recipe_values(_recipe_name(cfg), cfg.img_size)  # an unknown recipe fails before the run folder is written
+    return partial(fit_run, explicit=frozenset(explicit), device=device)
+
+
+def fit_run(
+    cfg: TrainConfig,
+    train_samples: Sequence[Sample],
+    num_classes: int,
+    world_size: int = 1,
+    explicit: Set[str] = frozenset(),
+    device: torch.device | None = None,
+) -> tuple[TrainConfig, list[str]]:
+    """A new run's options from the training files the data module listed: the image size from a sample of their
+    headers (:func:`choose_image_size`), the recipe at that size (:func:`resolve_recipe`), then batch, epochs
+    and regularisation for the training set and the budget (:func:`fit_recipe_to_data`)."""
+    probe = budget.probe_samples(train_samples, num_classes)
     cfg, size_notes = choose_image_size(cfg, explicit, probe)
-    cfg, notes = resolve_recipe(cfg, explicit)
+    cfg, recipe_notes = resolve_recipe(cfg, set(explicit))
     step_seconds = None
-    if cfg.time_budget and probe is not None:
-        step_seconds = partial(budget.measure_step_seconds, num_classes=probe.num_classes, device=device)
-    num_classes = probe.num_classes if probe else None
-    fit = partial(fit_recipe_to_data, explicit=explicit, num_classes=num_classes, step_seconds=step_seconds)
-    return cfg, size_notes + notes, fit
+    if cfg.time_budget:
+        step_seconds = partial(budget.measure_step_seconds, num_classes=num_classes, device=device)
+    cfg, fit_notes = fit_recipe_to_data(cfg, len(train_samples), world_size, explicit, num_classes, step_seconds)
+    return cfg, size_notes + recipe_notes + fit_notes
 
 
 def choose_image_size(
