@@ -333,8 +333,13 @@ def main() -> None:
     parser.add_argument("--grid", nargs="+", choices=list(GRID), help="--budgets: only these fixed alternatives")
     parser.add_argument("--skip-defaults", action="store_true", help="--budgets: the grid only (defaults later)")
     parser.add_argument("--skip-grid", action="store_true", help="--budgets: the defaults only")
+    parser.add_argument("--table", action="store_true", help="--budgets: print the regret table of the runs done")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.budgets and args.table:
+        done = [json.loads(line) for line in (args.root / RESULTS).read_text().splitlines()]
+        print(regret_table(done, args.datasets, args.budgets))
+        return
     dirs = dataset_dirs(args.root / "data", args.datasets, args.hymenoptera)
     if args.budgets:
         run_budgets(dirs, args.budgets, args.seeds, args.root, args.grid, args.skip_defaults, args.skip_grid)
