@@ -269,7 +269,7 @@ def _defaults_values(data: Path, img_size: int, passes: int) -> dict[str, Any]:
 
 def regret_table(done: list[dict[str, Any]], names: list[str], budgets: list[int]) -> str:
     """dataset x budget: the defaults (as the rule now chooses), the previous defaults, the best grid row; means
-    over the seeds the defaults ran with (min-max with two or more)."""
+    over the seeds both ran (min-max with two or more)."""
     rows = [
         "| dataset | passes | seeds | defaults chose | defaults top-1 | previous defaults | best alternative | "
         "its top-1 | regret |",
@@ -281,7 +281,11 @@ def regret_table(done: list[dict[str, Any]], names: list[str], budgets: list[int
             continue
         chose = [r for r in here if r["label"] == "defaults"][-1]
         here = [r for r in here if r["label"] != "defaults" or r["as"] == chose["as"]]
-        seeds = sorted({r["seed"] for r in here if r["label"] == "defaults"})
+        # the seeds both the defaults and the grid ran (a budget whose grid ran one seed compares on that one)
+        seeds = sorted(
+            {r["seed"] for r in here if r["label"] == "defaults"}
+            & {r["seed"] for r in here if r["label"] != "defaults"}
+        )
         scores = {}
         for label in dict.fromkeys(r["label"] for r in here):
             accs = {r["seed"]: r["best"] for r in here if r["label"] == label and r["seed"] in seeds}
