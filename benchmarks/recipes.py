@@ -292,8 +292,8 @@ def regret_table(done: list[dict[str, Any]], names: list[str], budgets: list[int
                 gains[label] = (statistics.mean(accs.values()) - statistics.mean(defaults[s] for s in accs), accs)
         if not gains:
             continue
-        best = max(gains, key=lambda k: gains[k][0])
         same = [label for label in gains if any(r["label"] == label and r["as"] == chose["as"] for r in here)]
+        best = max([k for k in gains if k not in same] or same, key=lambda k: gains[k][0])
         previous = next((k for k in gains if "previous defaults" in k), None)
         rows.append(
             f"| {name} | {passes} | {', '.join(same) or _chose(chose)} | {_cell(defaults)} | "
