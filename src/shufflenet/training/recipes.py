@@ -213,7 +213,7 @@ TINY_IMAGE_FLIP = False
 # with whole-image evaluation): measured below it at every budget on both digit sets (docs/training.md).
 TINY_IMAGE_CROP = (
     "RandomResizedCrop: the small-image practice (--pad-crop, evaluated whole) measured lower on both digit "
-    "sets, by 15-17 points at 3 passes, 5 at 10 and 0.3 at 40"
+    "sets, by 15-17 points at 3 passes, 3-5 at 10 and 0.3 at 40"
 )
 # --time-budget: the model steps' measured time times this is an epoch (validation, data loading, checkpoints),
 # and the epochs fill at most this share of the minutes given.
