@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from shufflenet.transforms import Preprocessing, batch_normalizer, eval_transform
+from shufflenet.transforms import Preprocessing, batch_normalizer, eval_transform, train_transform
 
 
 @pytest.mark.parametrize(
@@ -26,3 +26,20 @@ def test_uint8_batches_match_the_per_image_transform(image_tree: Path, preproces
     # Resizing uint8 rounds to whole pixel values: within one grey level of the float pipeline.
     one_level = preprocessing.pixel_scale / 255 / min(preprocessing.std)
     assert torch.allclose(normalized, reference, atol=1.01 * one_level)
+
+
+def test_pad_crop_shifts_the_whole_image_at_its_own_scale() -> None:
+    # The small-image practice: each output is the input moved by at most pad pixels, zeros where it moved in;
+    # nothing is rescaled or cut beyond the shift.
+    pixels = torch.arange(32 * 32 * 3, dtype=torch.int64).reshape(3, 32, 32) % 251 + 1  # no zeros in the image
+    image = Image.fromarray(pixels.permute(1, 2, 0).numpy().astype("uint8"))
+    transform = train_transform(Preprocessing.for_size(32), hflip=False, pad_crop=4)
+    padded = torch.nn.functional.pad(pixels, (4, 4, 4, 4))
+    torch.manual_seed(0)
+    shifts = set()
+    for _ in range(20):
+        out = transform(image).to(torch.int64)
+        assert out.shape == (3, 32, 32)
+        (shift,) = [(y, x) for y in range(9) for x in range(9) if torch.equal(out, padded[:, y : y + 32, x : x + 32])]
+        shifts.add(shift)
+    assert len(shifts) > 3

@@ -113,21 +113,29 @@ def train_transform(
     size: int | None = None,
     auto_augment: str | None = None,
     random_erase: float = 0.0,
+    pad_crop: int = 0,
 ) -> T.Transform:
     """Training augmentation to a uint8 tensor: RandomResizedCrop(size, scale=(crop_scale, 1)), optional flip,
     TrivialAugmentWide or RandAugment, RandomErasing (torchvision's reference order).
 
+    ``pad_crop`` > 0 is the small-image practice (CIFAR's) in place of RandomResizedCrop: the whole image (the
+    shorter side resized to ``size``, centre-cropped square), zero-padded by ``pad_crop`` pixels on every side
+    and cropped back to ``size`` at a random place: shifts of the object at its own scale, nothing cut away.
     ``size`` defaults to the preprocessing's crop size (torchvision's recipe trains smaller than it evaluates).
     Images stay uint8 until :func:`batch_normalizer` turns whole batches into the model's input: converting
     and normalising image by image costs more than decoding a photo (docs/training.md).
     """
     interpolation = T.InterpolationMode(preprocessing.interpolation)
-    steps: list[T.Transform] = [
-        T.ToImage(),
-        T.RandomResizedCrop(
-            size or preprocessing.crop_size, scale=(crop_scale, 1.0), interpolation=interpolation, antialias=True
-        ),
-    ]
+    size = size or preprocessing.crop_size
+    steps: list[T.Transform] = [T.ToImage()]
+    if pad_crop > 0:
+        steps += [
+            T.Resize(size, interpolation=interpolation, antialias=True),
+            T.CenterCrop(size),
+            T.RandomCrop(size, padding=pad_crop),
+        ]
+    else:
+        steps.append(T.RandomResizedCrop(size, scale=(crop_scale, 1.0), interpolation=interpolation, antialias=True))
     if hflip:
         steps.append(T.RandomHorizontalFlip())
     if auto_augment is not None:

@@ -103,8 +103,10 @@ def test_gpu_decode_is_refused_without_cuda_and_says_what_to_use(image_tree: Pat
     with pytest.raises(ValueError, match=r"needs a CUDA device.*use --input-pipeline device"):
         shufflenet.train(data=str(image_tree), out=str(tmp_path / "run"), input_pipeline="gpu-decode", **TINY)
     assert not (tmp_path / "run").exists()  # refused before anything is written
-    with pytest.raises(ValueError, match=r"auto-augment and --random-erase"):
+    with pytest.raises(ValueError, match=r"auto-augment, --random-erase and --pad-crop"):
         build_pipeline("gpu-decode", PRE, 64, 0.08, True, "trivialaugment", 0.0)
+    with pytest.raises(ValueError, match=r"--pad-crop work on decoded images.*use --input-pipeline device"):
+        build_pipeline("gpu-decode", PRE, 64, 0.08, True, None, 0.0, pad_crop=4)
 
 
 def test_a_jpeg_payload_is_the_file_s_bytes(tmp_path: Path) -> None:

@@ -96,12 +96,21 @@ def _add_augmentation_options(parser: argparse._ArgumentGroup) -> None:
     )
     parser.add_argument("--crop-scale", type=float, help="smallest RandomResizedCrop area (recipe's)")
     parser.add_argument(
+        "--pad-crop",
+        type=int,
+        metavar="PX",
+        help="pad the whole image by PX pixels and crop it back at random, instead of RandomResizedCrop "
+        "(recipe's: the small-image practice where measured better; 0 off)",
+    )
+    parser.add_argument(
         "--auto-augment", choices=[*AUTO_AUGMENTS, "none"], help="TrivialAugmentWide, RandAugment or none (recipe's)"
     )
     parser.add_argument("--random-erase", type=float, metavar="P", help="RandomErasing probability (recipe's)")
     parser.add_argument("--mixup-alpha", type=float, help="MixUp on batches (recipe's; 0 off)")
     parser.add_argument("--cutmix-alpha", type=float, help="CutMix on batches (recipe's; 0 off)")
-    parser.add_argument("--no-hflip", dest="hflip", action="store_false", default=None, help="no horizontal flips")
+    parser.add_argument(
+        "--hflip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips (recipe's)"
+    )
     parser.add_argument(
         "--val-split", type=float, help=f"validation fraction for one-tree data (default {d.val_split})"
     )

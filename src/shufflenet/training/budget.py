@@ -6,22 +6,23 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from PIL import Image
 from torch import nn
 
-from shufflenet.data import detect_layout, scan_image_folder
-from shufflenet.data.shards import is_shard_dir, read_index
+from shufflenet.data import Sample
+from shufflenet.data.shards import ShardIndex
 from shufflenet.models import create_model
 from shufflenet.training.config import TrainConfig
 from shufflenet.training.optim import build_optimizer
 
-__all__ = ["ImageProbe", "clock", "measure_step_seconds", "probe_images"]
+__all__ = ["ImageProbe", "clock", "measure_step_seconds", "probe_index", "probe_samples"]
 
-# Images whose headers are read to find the size: enough for a stable median, cheap on any folder.
+# Images whose headers are read to find the size, spread over the classes: enough for a stable median, cheap on
+# any folder.
 PROBE_SAMPLE = 64
 # The clock --time-budget measures steps with (tests replace it to set the measured speed).
 clock = time.perf_counter
@@ -37,28 +38,31 @@ class ImageProbe:
     train_images: int
 
 
-def probe_images(data_dir: str | Path, sample: int = PROBE_SAMPLE) -> ImageProbe:
-    """Read the sizes of up to ``sample`` training images, spread over the classes, from their headers only
-    (PIL opens lazily: nothing is decoded); files it cannot open are left out."""
-    root = Path(data_dir)
-    if is_shard_dir(root):  # shufflenet shards measured the images when it wrote them
-        index = read_index(root)
-        side = index.median_short_side or 0.0
-        return ImageProbe(side, index.count("train"), len(index.class_names), index.count("train"))
-    if detect_layout(root) == "train/val":
-        root = root / "train"
-    samples, class_names = scan_image_folder(root)
-    every = max(1, len(samples) // sample)
+def probe_samples(samples: Sequence[Sample], num_classes: int, sample: int = PROBE_SAMPLE) -> ImageProbe:
+    """The sizes of up to ``sample`` of the training files already listed (about as many of each class, evenly
+    spread within it), read from their headers only (PIL opens lazily: nothing is decoded); files it cannot open
+    are left out. Nothing is listed again: a folder of 100,000 images is walked once, by the data module."""
+    per_class: dict[int, list[Sample]] = {}
+    for item in samples:
+        per_class.setdefault(item[1], []).append(item)
+    quota = max(1, -(-sample // max(num_classes, 1)))
+    picked = [item for files in per_class.values() for item in files[:: max(1, len(files) // quota)][:quota]]
     short_sides = []
-    for path, _ in samples[::every][:sample]:
+    for path, _ in picked[:sample]:
         try:
             with Image.open(path) as image:
                 short_sides.append(min(image.size))
         except OSError:  # a bad file is the data module's to report; the size comes from the others
             continue
     if not short_sides:
-        raise ValueError(f"{data_dir}: none of {len(samples)} images could be opened; check the files")
-    return ImageProbe(statistics.median(short_sides), len(short_sides), len(class_names), len(samples))
+        raise ValueError(f"none of the {len(picked)} training images sampled could be opened; check the files")
+    return ImageProbe(statistics.median(short_sides), len(short_sides), num_classes, len(samples))
+
+
+def probe_index(index: ShardIndex) -> ImageProbe:
+    """The training images' sizes as ``shufflenet shards`` measured them when it wrote the shards (its index)."""
+    train_images = index.count("train")
+    return ImageProbe(index.median_short_side or 0.0, train_images, len(index.class_names), train_images)
 
 
 def measure_step_seconds(

@@ -67,6 +67,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     img_size: int = 224
     crop_scale: float = 0.08  # smallest area fraction of RandomResizedCrop
+    pad_crop: int = 0  # > 0: the whole image padded by this many pixels and randomly cropped (no RandomResizedCrop)
     hflip: bool = True
     # Recipes (shufflenet.training.recipes) set the fields below and above; explicitly given options win.
     recipe: str | None = None  # finetune, scratch, megvii, torchvision; None: finetune with weights, else scratch
@@ -118,6 +119,8 @@ class TrainConfig:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0.0 < self.crop_scale <= 1.0:
             raise ValueError(f"crop_scale must be in (0, 1], got {self.crop_scale}")
+        if not 0 <= self.pad_crop < self.img_size:
+            raise ValueError(f"pad_crop must be 0 (off) or a padding in pixels below img_size, got {self.pad_crop}")
         if not 0.0 < self.eval_crop <= 1.0:
             raise ValueError(
                 f"eval_crop must be in (0, 1] (the fraction of the resized image kept), got {self.eval_crop}"

@@ -314,6 +314,7 @@ def build_pipeline(
     hflip: bool,
     auto_augment: str | None,
     random_erase: float,
+    pad_crop: int = 0,
     bad_log: BadImageLog | None = None,
     make_train: Callable[..., Callable[[Any], Tensor]] = train_transform,
 ) -> Pipeline:
@@ -324,15 +325,15 @@ def build_pipeline(
     if name not in INPUT_PIPELINES:
         raise ValueError(f"input_pipeline must be one of {', '.join(INPUT_PIPELINES)}; got {name!r}")
     if name == "workers":
-        train = make_train(preprocessing, crop_scale, hflip, size, auto_augment, random_erase)
+        train = make_train(preprocessing, crop_scale, hflip, size, auto_augment, random_erase, pad_crop)
         return Pipeline(name, (train, eval_transform(preprocessing)), None, None)
     collate = Collate(preprocessing, size, bad_log)
     if name == "device":
-        train = make_train(preprocessing, crop_scale, False, size, auto_augment, random_erase)
+        train = make_train(preprocessing, crop_scale, False, size, auto_augment, random_erase, pad_crop)
         return Pipeline(name, (DrawFlip(train, hflip), eval_transform(preprocessing)), None, collate)
-    if auto_augment or random_erase:
+    if auto_augment or random_erase or pad_crop:
         raise ValueError(
-            "--auto-augment and --random-erase work on decoded images in the loader workers; with "
+            "--auto-augment, --random-erase and --pad-crop work on decoded images in the loader workers; with "
             "--input-pipeline gpu-decode the workers decode nothing: use --input-pipeline device for them"
         )
     return Pipeline(name, (DrawCrop(size, crop_scale, hflip), _no_transform), read_encoded, collate)

@@ -24,9 +24,11 @@ from torchvision.transforms import v2 as T
 
 from shufflenet.data import BadImageError, ImageFolderDataset, build_datasets, load_image
 from shufflenet.data.bad_images import BAD_IMAGES_FILE, BadImageLog, too_many_bad_images
+from shufflenet.training.budget import probe_samples
 from shufflenet.training.config import TrainConfig
 from shufflenet.training.device_input import build_pipeline, check_pipeline
 from shufflenet.training.distributed import Distributed
+from shufflenet.training.recipes import FitRun
 from shufflenet.training.run_folder import SPLIT_FILE
 from shufflenet.training.signals import ignore_stop_signals
 from shufflenet.transforms import Preprocessing, batch_normalizer, train_transform
@@ -34,8 +36,6 @@ from shufflenet.transforms import Preprocessing, batch_normalizer, train_transfo
 log = logging.getLogger("shufflenet.training")
 
 CACHE_BUDGET = 2 * 1024**3  # bytes of decoded images kept in memory when cache_images is None
-# (options, training images, world size) -> options for that training set, log lines
-FitToData = Callable[[TrainConfig, int, int], tuple[TrainConfig, list[str]]]
 
 
 @dataclass
@@ -56,37 +56,40 @@ class TrainData:
 
 
 def build_data(
-    cfg: TrainConfig, dist: Distributed, run_dir: Path, split_existed: bool, fit: FitToData | None = None
+    cfg: TrainConfig, dist: Distributed, run_dir: Path, split_existed: bool, fit: FitRun | None = None
 ) -> TrainData:
     """train/ + val/ folders, or one class tree split (seeded, stratified) and saved to split.json; ``fit``
-    adapts the options to the training-set size (the recipe's batch size and epochs; ``TrainData.config``)."""
-    preprocessing = Preprocessing.for_size(cfg.eval_size or cfg.img_size, crop_pct=cfg.eval_crop)
+    chooses the options from the files listed (image size, recipe, batch, epochs, regularisation:
+    ``TrainData.config``), before any transform is built from them."""
     bad_log = BadImageLog(run_dir / BAD_IMAGES_FILE)
-    # What the loader workers do and what the device does (training/device_input.py)
     check_pipeline(cfg.input_pipeline, dist.device)
-    augment = (cfg.crop_scale, cfg.hflip, cfg.auto_augment, cfg.random_erase)
-    pipeline = build_pipeline(
-        cfg.input_pipeline, preprocessing, cfg.img_size, *augment, bad_log=bad_log, make_train=train_transform
-    )
     # Rank 0 writes split.json; the others compute the same seeded split, or read the file if it already was
-    # (a resume reads the saved file lists: no rescan, no new split).
+    # (a resume reads the saved file lists: no rescan, no new split). The transforms come after the fit.
     listed = time.perf_counter()
     bundle = build_datasets(
         cfg.data,
-        preprocessing,
+        Preprocessing.for_size(cfg.img_size),
         val_split=cfg.val_split,
         seed=cfg.seed,
         split_file=run_dir / SPLIT_FILE if dist.is_main or split_existed else None,
-        draft=True,
-        transforms=pipeline.transforms,
+        transforms=(None, None),
         bad_log=bad_log,
-        load=pipeline.load,
     )
     listed = time.perf_counter() - listed
     if fit is not None:
-        cfg, notes = fit(cfg, len(bundle.train), dist.world_size)
+        cfg, notes = fit(cfg, probe_samples(bundle.train.samples, len(bundle.class_names)), dist.world_size)
         for message in notes:
             log.info(message)
+    preprocessing = Preprocessing.for_size(cfg.eval_size or cfg.img_size, crop_pct=cfg.eval_crop)
+    # What the loader workers do and what the device does (training/device_input.py), from the fitted options
+    augment = (cfg.crop_scale, cfg.hflip, cfg.auto_augment, cfg.random_erase, cfg.pad_crop)
+    pipeline = build_pipeline(
+        cfg.input_pipeline, preprocessing, cfg.img_size, *augment, bad_log=bad_log, make_train=train_transform
+    )
+    bundle.train.transform, bundle.val.transform = pipeline.transforms
+    for dataset in (bundle.train, bundle.val):
+        dataset.draft_size = preprocessing.resize_size  # JPEGs decoded at reduced scale, >= the resize size
+        dataset.load = pipeline.load
     # Half the budget each: the auto cache is for datasets that fit in memory many times over.
     cache = cfg.cache_images if pipeline.load is None else False  # gpu-decode: the workers decode nothing
     train_data = maybe_cache(cache, bundle.train, preprocessing, CACHE_BUDGET // 2)

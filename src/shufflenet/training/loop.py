@@ -33,9 +33,9 @@ from shufflenet.training.device_input import check_pipeline
 from shufflenet.training.distributed import Distributed
 from shufflenet.training.elastic import resolve_auto_resume
 from shufflenet.training.ema import build_ema, ema_state, restore_ema
-from shufflenet.training.loaders import FitToData, TrainData, build_data
+from shufflenet.training.loaders import TrainData, build_data
 from shufflenet.training.optim import build_optimizer, build_scheduler
-from shufflenet.training.recipes import plan_run
+from shufflenet.training.recipes import FitRun, plan_run
 from shufflenet.training.shard_data import build_shard_data
 from shufflenet.training.signals import StopRequest
 from shufflenet.training.state import (
@@ -102,15 +102,16 @@ def _train(cfg: TrainConfig, explicit: set[str], dist: Distributed, stop: StopRe
     # The run folder is checked by every rank before rank 0 writes into it.
     run_dir = Path(cfg.out)
     cfg, auto_notes = resolve_auto_resume(cfg, run_dir, explicit)  # --resume auto, torchrun restarts
-    resume_from, ignored, notes, fit = None, [], [], None
+    resume_from, ignored, fit = None, [], None
     if cfg.resume:
         resume_from = read_last_checkpoint(run_dir)
         cfg, ignored = resumed_config(resume_from, cfg, explicit)  # keeps the run's recipe and its values
     else:
-        # image size from the images; batch, epochs and regularisation for the training set and the budget
-        cfg, notes, fit = plan_run(cfg, explicit, dist.device)
+        # image size from the images; batch, epochs and regularisation for the training set and the budget,
+        # once the data module has listed the files (fit)
+        fit = plan_run(cfg, explicit, dist.device)
         run_folder.check_new_run_dir(run_dir, cfg.overwrite)
-    notes = [*auto_notes, *notes]
+    notes = auto_notes
     if cfg.data is None:
         raise ValueError("no data directory given: pass --data DIR")
     split_existed = (run_dir / run_folder.SPLIT_FILE).is_file()
@@ -187,7 +188,7 @@ def _train_in_run_dir(
     split_existed: bool,
     dist: Distributed,
     stop: StopRequest,
-    fit: FitToData | None = None,
+    fit: FitRun | None = None,
 ) -> TrainResult:
     amp_dtype = resolve_amp(cfg.amp, dist.device)
     channels_last = cfg.channels_last if cfg.channels_last is not None else dist.device.type in ("cpu", "cuda")

@@ -29,12 +29,16 @@ __all__ = [
     "budget_regularisation",
     "epochs_for_minutes",
     "fit_recipe_to_data",
+    "fit_run",
     "plan_run",
     "recipe_record",
     "recipe_values",
     "resolve_recipe",
     "size_for_images",
 ]
+
+# (options, the listed training files, classes, world size) -> the options fitted to them, log lines
+FitRun = Callable[[TrainConfig, budget.ImageProbe, int], tuple[TrainConfig, list[str]]]
 
 # The options every recipe sets (so that switching recipes leaves nothing of another behind).
 RECIPE_KEYS = (
@@ -156,8 +160,13 @@ UPSAMPLE_NOTE = 2.0
 # ema_share is the EMA's time constant as a share of the epochs (0: no EMA). "medium" is the scratch recipe as
 # measured at 15-19 epochs (docs/training.md); a short budget cannot afford the strong crops, smoothing and decay
 # that keep a long one from memorising (issue 23: 6 passes over 6,000 images left training accuracy at 0.75).
-# "long" adds only the EMA (it changes no training step); stronger crops there are left to measurement. The
-# short row reaches to 12 passes: on the digits at 10 passes it beat the medium row by 3.6 points (1 seed).
+# "long" adds only the EMA (it changes no training step); mixup measured no gain at 40 passes. The short row
+# reaches to 12 passes: on the digits at 10 passes it beat the medium row by 3.6 points (1 seed). Crops of at
+# most 64 px keep 0.6 of the area in every row: 0.35 (or 0.08) cuts the strokes out of a 32-px digit, and
+# measured lower at 3, 10 and 40 passes on both digit sets, whatever the smoothing and decay (docs/training.md).
+# Larger crops keep 0.35 in the long row: on hymenoptera at 40 passes 0.25 was 3.6 points under 0.35 (both of two
+# seeds; 0.08 and 0.6 lower still), the same direction as on the digits (this small model underfits before it
+# memorises); the medium row keeps the 0.25 it was measured with at 19 passes.
 BUDGET_RULES: tuple[dict[str, Any], ...] = (
     {
         "budget": "short",
@@ -172,7 +181,7 @@ BUDGET_RULES: tuple[dict[str, Any], ...] = (
     {
         "budget": "medium",
         "up_to_passes": 25,
-        "crop_scale": (0.35, 0.25),
+        "crop_scale": (0.6, 0.25),
         "label_smoothing": 0.1,
         "weight_decay": 0.05,
         "mixup_alpha": 0.0,
@@ -182,7 +191,7 @@ BUDGET_RULES: tuple[dict[str, Any], ...] = (
     {
         "budget": "long",
         "up_to_passes": math.inf,
-        "crop_scale": (0.35, 0.25),
+        "crop_scale": (0.6, 0.35),
         "label_smoothing": 0.1,
         "weight_decay": 0.05,
         "mixup_alpha": 0.0,
@@ -194,7 +203,17 @@ BUDGET_RULES: tuple[dict[str, Any], ...] = (
 # itself (one row lighter).
 FEW_IMAGES_PER_CLASS = 100
 MANY_IMAGES_PER_CLASS = 1000
-BUDGET_KEYS = ("crop_scale", "label_smoothing", "weight_decay", "mixup_alpha", "cutmix_alpha", "ema_epochs")
+# Flips at <= TINY_IMAGE_SIZE px. The only small real images here are digits (sklearn's, MNIST), where a mirrored
+# 2 or 5 is another symbol or none, and flips cost 9-27 points (docs/training.md); whether a user's small
+# images are symbols or photos cannot be told from them, and the loss on symbols is far larger than what flips
+# add on small photos, so they are off (--hflip turns them on). Larger images (photos) keep them.
+TINY_IMAGE_FLIP = False
+# Why scratch keeps RandomResizedCrop at <= TINY_IMAGE_SIZE px rather than the small-image practice (--pad-crop
+# with whole-image evaluation): measured below it at every budget on both digit sets (docs/training.md).
+TINY_IMAGE_CROP = (
+    "RandomResizedCrop: the small-image practice (--pad-crop, evaluated whole) measured lower on both digit "
+    "sets, by 15-17 points at 3 passes, 3-5 at 10 and 0.3 at 40"
+)
 # --time-budget: the model steps' measured time times this is an epoch (validation, data loading, checkpoints),
 # and the epochs fill at most this share of the minutes given.
 EPOCH_OVERHEAD = 1.3
@@ -232,9 +251,9 @@ def size_for_images(short_side: float) -> int:
     return min(max(rounded, IMG_SIZE_RANGE[0]), IMG_SIZE_RANGE[1])
 
 
-def budget_regularisation(passes: int, images_per_class: float, img_size: int) -> tuple[dict[str, Any], str]:
-    """Crop scale, label smoothing, weight decay, mixup/cutmix and EMA for ``passes`` epochs over a training set
-    of ``images_per_class`` images per class (BUDGET_RULES), and the reason, in words."""
+def budget_regularisation(passes: int, images_per_class: float, img_size: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """RandomResizedCrop's scale, flips at small sizes, label smoothing, weight decay, mixup/cutmix and EMA for
+    ``passes`` epochs over ``images_per_class`` images per class (BUDGET_RULES), and the reason for each."""
     row = next(i for i, rule in enumerate(BUDGET_RULES) if passes <= rule["up_to_passes"])
     why = f"{passes} passes over {images_per_class:.0f} images per class: {BUDGET_RULES[row]['budget']} budget"
     if images_per_class < FEW_IMAGES_PER_CLASS and row + 1 < len(BUDGET_RULES):
@@ -244,10 +263,20 @@ def budget_regularisation(passes: int, images_per_class: float, img_size: int) -
         row -= 1
         why += f", one step lighter for more than {MANY_IMAGES_PER_CLASS} images per class"
     rule = BUDGET_RULES[row]
+    why = f"{why} (regularisation of the {rule['budget']} row)"
     values = {k: rule[k] for k in ("label_smoothing", "weight_decay", "mixup_alpha", "cutmix_alpha")}
-    values["crop_scale"] = rule["crop_scale"][0 if img_size <= TINY_IMAGE_SIZE else 1]
     values["ema_epochs"] = round(rule["ema_share"] * passes, 2)
-    return values, f"{why} (regularisation of the {rule['budget']} row)"
+    reasons = dict.fromkeys(values, why)
+    tiny = img_size <= TINY_IMAGE_SIZE
+    values["crop_scale"] = rule["crop_scale"][0 if tiny else 1]
+    reasons["crop_scale"] = f"{why}; {TINY_IMAGE_CROP}" if tiny else why
+    if tiny:
+        values["hflip"] = TINY_IMAGE_FLIP
+        reasons["hflip"] = (
+            f"{img_size}-px images: flips off (on the digit sets they cost 9-27 points: a mirrored digit is "
+            "another symbol; --hflip for small photos)"
+        )
+    return values, reasons
 
 
 def epochs_for_minutes(minutes: float, step_seconds: float, steps_per_epoch: int) -> int:
@@ -257,9 +286,9 @@ def epochs_for_minutes(minutes: float, step_seconds: float, steps_per_epoch: int
 
 
 def _scratch_for_size(img_size: int) -> dict[str, Any]:
-    """Random-crop strength for the image size (measured, docs/training.md): a 32-px image is mostly object,
-    and a crop of 8% of it leaves a few pixels of stroke."""
-    return {"crop_scale": 0.35 if img_size <= TINY_IMAGE_SIZE else 0.25}
+    """Random-crop strength for the image size, the medium row's (the recipe's own 15 epochs): a 32-px image is
+    mostly object, and a small crop of it leaves a few pixels of stroke (measured, docs/training.md)."""
+    return {"crop_scale": BUDGET_RULES[1]["crop_scale"][0 if img_size <= TINY_IMAGE_SIZE else 1]}
 
 
 def _scratch_for_data(train_images: int, world_size: int, batch_size: int | None) -> dict[str, Any]:
@@ -282,25 +311,37 @@ def _recipe_name(cfg: TrainConfig) -> str:
     return cfg.recipe or ("finetune" if cfg.weights else "scratch")
 
 
-def plan_run(
-    cfg: TrainConfig, explicit: set[str], device: torch.device | None = None
-) -> tuple[TrainConfig, list[str], Callable[[TrainConfig, int, int], tuple[TrainConfig, list[str]]]]:
-    """A new run's options before its data is loaded: the image size from the images (:func:`choose_image_size`),
-    the recipe (:func:`resolve_recipe`), and the function that fits them to the training set and the budget."""
+def plan_run(cfg: TrainConfig, explicit: set[str], device: torch.device | None = None) -> FitRun:
+    """A new run's checks before its data is listed, and the function that fits its options to the listing:
+    :func:`fit_run` with ``explicit`` and ``device`` bound."""
     if cfg.time_budget and "epochs" in explicit:
         raise ValueError(
             f"--time-budget {cfg.time_budget:g} fits the epochs to the minutes, --epochs {cfg.epochs} fixes them: "
             "pass one of them"
         )
-    probe = budget.probe_images(cfg.data) if cfg.data else None
+    recipe_values(_recipe_name(cfg), cfg.img_size)  # an unknown recipe fails before the run folder is written
+    return partial(fit_run, explicit=frozenset(explicit), device=device)
+
+
+def fit_run(
+    cfg: TrainConfig,
+    probe: budget.ImageProbe,
+    world_size: int = 1,
+    explicit: Set[str] = frozenset(),
+    device: torch.device | None = None,
+) -> tuple[TrainConfig, list[str]]:
+    """A new run's options from what the data module measured of the training files it listed (``probe``:
+    :func:`~shufflenet.training.budget.probe_samples` of a folder, or a shard index's record): the image size
+    (:func:`choose_image_size`), the recipe at that size (:func:`resolve_recipe`), then batch, epochs and
+    regularisation for the training set and the budget (:func:`fit_recipe_to_data`)."""
+    num_classes = probe.num_classes
     cfg, size_notes = choose_image_size(cfg, explicit, probe)
-    cfg, notes = resolve_recipe(cfg, explicit)
+    cfg, recipe_notes = resolve_recipe(cfg, set(explicit))
     step_seconds = None
-    if cfg.time_budget and probe is not None:
-        step_seconds = partial(budget.measure_step_seconds, num_classes=probe.num_classes, device=device)
-    num_classes = probe.num_classes if probe else None
-    fit = partial(fit_recipe_to_data, explicit=explicit, num_classes=num_classes, step_seconds=step_seconds)
-    return cfg, size_notes + notes, fit
+    if cfg.time_budget:
+        step_seconds = partial(budget.measure_step_seconds, num_classes=num_classes, device=device)
+    cfg, fit_notes = fit_recipe_to_data(cfg, probe.train_images, world_size, explicit, num_classes, step_seconds)
+    return cfg, size_notes + recipe_notes + fit_notes
 
 
 def choose_image_size(
@@ -407,16 +448,21 @@ def _fit_to_minutes(
 
 def _fit_to_budget(cfg: TrainConfig, images_per_class: float, explicit: Set[str]) -> tuple[TrainConfig, list[str]]:
     """Scratch's regularisation for the epochs the run has (BUDGET_RULES); options given explicitly stay."""
-    values, why = budget_regularisation(cfg.epochs, images_per_class, cfg.img_size)
+    values, reasons = budget_regularisation(cfg.epochs, images_per_class, cfg.img_size)
     keep = set(explicit)
     if "optimizer" in explicit and cfg.optimizer != RECIPES["scratch"]["optimizer"]:
         keep.add("weight_decay")  # another optimizer's decay is its own (resolve_recipe)
+    if "pad_crop" in explicit:
+        keep.add("crop_scale")  # the small-image practice asked for: RandomResizedCrop's scale does not apply
     values = {k: v for k, v in values.items() if k not in keep}
     if not values:
         return cfg, []
-    chosen = {**(cfg.chosen or {}), **dict.fromkeys(values, why)}
-    given = ", ".join(f"{k}={v!r}" for k, v in values.items())
-    return dataclasses.replace(cfg, **values, chosen=chosen), [f"recipe {cfg.recipe}: {given} ({why})"]
+    chosen = {**(cfg.chosen or {}), **{k: reasons[k] for k in values}}
+    notes = []
+    for reason in dict.fromkeys(reasons[k] for k in values):
+        given = ", ".join(f"{k}={v!r}" for k, v in values.items() if reasons[k] == reason)
+        notes.append(f"recipe {cfg.recipe}: {given} ({reason})")
+    return dataclasses.replace(cfg, **values, chosen=chosen), notes
 
 
 def recipe_record(

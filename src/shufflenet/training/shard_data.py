@@ -19,9 +19,11 @@ from torch.utils.data import DataLoader
 from shufflenet.data.bad_images import BAD_IMAGES_FILE, BadImageLog
 from shufflenet.data.shard_streams import ShardEvalStream, ShardTrainStream
 from shufflenet.data.shards import ShardIndex, read_index
+from shufflenet.training.budget import probe_index
 from shufflenet.training.config import TrainConfig
 from shufflenet.training.distributed import Distributed
-from shufflenet.training.loaders import FitToData, TrainData, WatchedLoader, loader_options, resolve_workers
+from shufflenet.training.loaders import TrainData, WatchedLoader, loader_options, resolve_workers
+from shufflenet.training.recipes import FitRun
 from shufflenet.transforms import Preprocessing, batch_normalizer, eval_transform, train_transform
 
 log = logging.getLogger("shufflenet.training")
@@ -49,7 +51,7 @@ class ShardBundle:
 
 
 def build_shard_data(
-    cfg: TrainConfig, dist: Distributed, run_dir: Path, split_existed: bool = False, fit: FitToData | None = None
+    cfg: TrainConfig, dist: Distributed, run_dir: Path, split_existed: bool = False, fit: FitRun | None = None
 ) -> TrainData:
     """Loaders over ``cfg.data``'s shards: this rank's part of each epoch and of the validation shards."""
     listed = time.perf_counter()
@@ -60,12 +62,12 @@ def build_shard_data(
         ShardSplit(train_count), ShardSplit(val_count), index.class_names, [(Path(p), r) for p, r in index.skipped]
     )
     if fit is not None:
-        cfg, notes = fit(cfg, train_count, dist.world_size)
+        cfg, notes = fit(cfg, probe_index(index), dist.world_size)
         for message in notes:
             log.info(message)
     preprocessing = Preprocessing.for_size(cfg.eval_size or cfg.img_size, crop_pct=cfg.eval_crop)
     augment = train_transform(
-        preprocessing, cfg.crop_scale, cfg.hflip, cfg.img_size, cfg.auto_augment, cfg.random_erase
+        preprocessing, cfg.crop_scale, cfg.hflip, cfg.img_size, cfg.auto_augment, cfg.random_erase, cfg.pad_crop
     )
     bad_log = BadImageLog(run_dir / BAD_IMAGES_FILE)
     draft = preprocessing.resize_size
