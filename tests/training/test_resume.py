@@ -8,6 +8,7 @@ import random
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -57,11 +58,14 @@ def assert_same_run(a: Path, b: Path) -> None:
     ]
 
 
-def signal_once_at_image(monkeypatch: pytest.MonkeyPatch, at_image: int, flag: Path) -> Callable:
+def signal_once_at_image(
+    monkeypatch: pytest.MonkeyPatch, at_image: int, flag: Path, module: ModuleType = loaders
+) -> Callable:
     """The ``at_image``-th augmented image (in whichever process transforms it) sends SIGINT once to the main
-    process and to its own process, as a Ctrl-C to the process group does; loader workers must ignore it."""
+    process and to its own process, as a Ctrl-C to the process group does; loader workers must ignore it.
+    ``module`` is where the trainer finds ``train_transform`` (returned, to put back)."""
     main_pid = os.getpid()
-    real = loaders.train_transform
+    real = module.train_transform
 
     def interrupting(*args: object, **kwargs: object) -> Callable:
         transform = real(*args, **kwargs)
@@ -82,7 +86,7 @@ def signal_once_at_image(monkeypatch: pytest.MonkeyPatch, at_image: int, flag: P
 
         return apply
 
-    monkeypatch.setattr(loaders, "train_transform", interrupting)
+    monkeypatch.setattr(module, "train_transform", interrupting)
     return real
 
 

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_resume import assert_same_run
+from test_resume import assert_same_run, signal_once_at_image
 
 import shufflenet
 from conftest import TINY, read_rows, rerun_in_fresh_interpreter
@@ -98,32 +96,6 @@ def test_torchrun_uneven_shards_same_steps_on_both_ranks(shards: Path, tmp_path:
     assert_validated_every_image(run)
 
 
-def interrupt_at_image(monkeypatch: pytest.MonkeyPatch, at_image: int, flag: Path) -> Callable:
-    """The ``at_image``-th augmented image (main process or loader worker) sends SIGINT once to the trainer."""
-    main_pid = os.getpid()
-    real = shard_data.train_transform
-
-    def interrupting(*args: object, **kwargs: object) -> Callable:
-        transform = real(*args, **kwargs)
-        calls = {"n": 0}
-
-        def apply(image: object) -> torch.Tensor:
-            calls["n"] += 1
-            if calls["n"] == at_image:
-                try:
-                    os.close(os.open(flag, os.O_CREAT | os.O_EXCL))
-                except FileExistsError:
-                    pass
-                else:
-                    os.kill(main_pid, signal.SIGINT)
-            return transform(image)
-
-        return apply
-
-    monkeypatch.setattr(shard_data, "train_transform", interrupting)
-    return real
-
-
 @pytest.mark.signals
 @pytest.mark.parametrize("workers", [0, 2])
 def test_mid_epoch_resume_from_shards_is_exact(
@@ -136,7 +108,7 @@ def test_mid_epoch_resume_from_shards_is_exact(
     options = {**TINY, "data": str(shards), "epochs": 2, "workers": workers, "threads": 1}
     options.update(schedule="cosine", warmup_epochs=0.5)  # the lr changes every step
     shufflenet.train(out=str(tmp_path / "straight"), **options)
-    real = interrupt_at_image(monkeypatch, 12, tmp_path / "signalled")
+    real = signal_once_at_image(monkeypatch, 12, tmp_path / "signalled", shard_data)
     stopped = shufflenet.train(out=str(tmp_path / "cut"), **options)
     assert stopped.stopped == "interrupted" and (tmp_path / "signalled").exists()
     last = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)

@@ -198,16 +198,23 @@ class ShardTrainStream(IterableDataset):
         """The next readable sample of ``stream``, transformed with generator ``seed`` (a bad one is replaced
         by the one after it, recorded in the run's bad image list)."""
         for name, data, _, label in stream:
-            try:
-                image = decode_image(io.BytesIO(data), name, self.draft_size)
-            except BadImageError as exc:
-                if self.bad_log is not None:
-                    self.bad_log.record(name, exc.reason)
+            image = decode_or_record(name, data, self.draft_size, self.bad_log)
+            if image is None:
                 continue
             with torch.random.fork_rng(devices=[]):
                 torch.default_generator.manual_seed(seed)  # torch.manual_seed adds CUDA's: 0.2 ms more
                 return self.transform(image), label
         raise RuntimeError("a shard stream ended")  # _passes never ends
+
+
+def decode_or_record(name: str, data: bytes, draft_size: int | None, bad_log: BadImageLog | None) -> Any:
+    """The sample's decoded image, or None for an unreadable one (recorded in the run's bad image list)."""
+    try:
+        return decode_image(io.BytesIO(data), name, draft_size)
+    except BadImageError as exc:
+        if bad_log is not None:
+            bad_log.record(name, exc.reason)
+        return None
 
 
 class ShardEvalStream(IterableDataset):
@@ -234,10 +241,6 @@ class ShardEvalStream(IterableDataset):
         readers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
         for shard in self.shards[worker::readers]:
             for name, data, _, label in read_shard(shard):
-                try:
-                    image = decode_image(io.BytesIO(data), name, self.draft_size)
-                except BadImageError as exc:
-                    if self.bad_log is not None:
-                        self.bad_log.record(name, exc.reason)
-                    continue
-                yield self.transform(image), label
+                image = decode_or_record(name, data, self.draft_size, self.bad_log)
+                if image is not None:
+                    yield self.transform(image), label
