@@ -178,7 +178,7 @@ TINY = {"hflip": False}
         (40, 600, 64, {**MEDIUM, **TINY, "ema_epochs": 4.0}),  # long: the EMA, a tenth of the epochs
         (6, 50, 64, {**MEDIUM, **TINY, "ema_epochs": 0.0}),  # few images per class: one row stronger
         (15, 2000, 64, {**SHORT, **TINY, "ema_epochs": 0.0}),  # many: one row lighter
-        (6, 600, 96, {**SHORT, "crop_scale": 0.5, "ema_epochs": 0.0}),  # larger crops: photos, flips stay
+        (6, 600, 96, {**SHORT, "crop_scale": 0.6, "ema_epochs": 0.0}),  # larger crops: photos, flips stay
         (15, 600, 96, {**MEDIUM, "crop_scale": 0.25, "ema_epochs": 0.0}),
         (40, 600, 96, {**MEDIUM, "crop_scale": 0.35, "ema_epochs": 4.0}),
     ],
@@ -198,7 +198,7 @@ def test_fixed_short_epochs_get_lighter_regularisation_than_a_long_run() -> None
         return fit_recipe_to_data(cfg, 6000, explicit=explicit, num_classes=10)[0]
 
     short, long = fitted(6), fitted(40)
-    assert (short.crop_scale, short.label_smoothing, short.weight_decay, short.ema_epochs) == (0.5, 0.0, 0.01, 0.0)
+    assert (short.crop_scale, short.label_smoothing, short.weight_decay, short.ema_epochs) == (0.6, 0.0, 0.01, 0.0)
     assert (long.crop_scale, long.label_smoothing, long.weight_decay, long.ema_epochs) == (0.35, 0.1, 0.05, 4.0)
     assert "6 passes over 600 images per class: short budget" in short.chosen["crop_scale"]
     # At <= 64 px both keep RandomResizedCrop 0.6 without flips, and the smoothing and decay still differ.
