@@ -24,6 +24,7 @@ from torchvision.transforms import v2 as T
 
 from shufflenet.data import BadImageError, ImageFolderDataset, build_datasets, load_image
 from shufflenet.data.bad_images import BAD_IMAGES_FILE, BadImageLog, too_many_bad_images
+from shufflenet.data.seeding import mix_seed, seeded
 from shufflenet.training.budget import probe_samples
 from shufflenet.training.config import TrainConfig
 from shufflenet.training.device_input import build_pipeline, check_pipeline
@@ -262,11 +263,6 @@ class ResumableSampler(Sampler[tuple[int, int]]):
         return max(0, len(self.sampler) - self.skip)
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """The seed of one image's augmentation in one epoch."""
-    return ((seed * 1_000_003 + epoch) * 1_000_003 + index) & (2**63 - 1)
-
-
 class SeededSamples(Dataset):
     """Each image's random augmentation comes from its own generator, seeded by (seed, epoch, index).
 
@@ -284,10 +280,7 @@ class SeededSamples(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         epoch, index = key
-        with torch.random.fork_rng(devices=[]):  # the caller's global RNG is left as it was
-            # The CPU generator alone: torch.manual_seed also queues CUDA seeding with a stack trace, 0.2 ms
-            # per image (benchmarks/data_throughput.py shards).
-            torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
+        with seeded(mix_seed(self.seed, epoch, index)):  # the caller's global RNG is left as it was
             return self.dataset[index]
 
 
