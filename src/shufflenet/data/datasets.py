@@ -134,7 +134,6 @@ def build_datasets(
     draft: bool = False,
     transforms: tuple[Callable[[Image.Image], Any], Callable[[Image.Image], Any]] | None = None,
     bad_log: BadImageLog | None = None,
-    load: Callable[[Path], Any] | None = None,
 ) -> DataBundle:
     """Train/val datasets from ``train/`` + ``val/`` folders or a seeded stratified split of one class tree.
 
@@ -143,8 +142,7 @@ def build_datasets(
     re-splits (files added since are reported, missing ones are an error). Only file names are read unless
     ``verify``. ``draft=True`` decodes JPEGs at reduced size (>= ``preprocessing.resize_size``).
     ``transforms`` is (train, val); by default :func:`~shufflenet.transforms.train_transform` and
-    :func:`~shufflenet.transforms.eval_transform` of ``preprocessing`` (uint8 tensors). ``load`` reads a file
-    in place of PIL decoding (the GPU input path's bytes reader).
+    :func:`~shufflenet.transforms.eval_transform` of ``preprocessing`` (uint8 tensors).
     """
     data_dir = Path(data_dir)
     layout = detect_layout(data_dir)
@@ -173,7 +171,6 @@ def build_datasets(
 
     train_tf, val_tf = transforms or (train_transform(preprocessing), eval_transform(preprocessing))
     options: dict[str, Any] = {"draft_size": preprocessing.resize_size if draft else None, "bad_log": bad_log}
-    options["load"] = load
     train = ImageFolderDataset(train_samples, class_names, train_tf, **options)
     val = ImageFolderDataset(val_samples, class_names, val_tf, **options)
     return DataBundle(

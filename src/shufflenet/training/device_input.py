@@ -36,6 +36,7 @@ from torchvision.transforms.v2 import functional as F
 
 from shufflenet.data import BadImageError, decode_image
 from shufflenet.data.bad_images import BadImageLog
+from shufflenet.data.shards import is_shard_dir
 from shufflenet.transforms import Preprocessing, eval_transform, train_transform
 
 INPUT_PIPELINES = ("workers", "device", "gpu-decode")
@@ -71,10 +72,16 @@ class Encoded:
     shape: tuple[int, ...] = ()  # the data's shape, kept when it moves into the batch's buffer
 
 
-def check_pipeline(name: str, device: torch.device) -> None:
-    """Raise ValueError for an unknown pipeline, or ``gpu-decode`` on a device without nvJPEG."""
+def check_pipeline(name: str, device: torch.device, data: str | Path | None = None) -> None:
+    """Raise ValueError for an unknown pipeline, a device pipeline with shards (``data``), or ``gpu-decode`` on
+    a device without nvJPEG."""
     if name not in INPUT_PIPELINES:
         raise ValueError(f"input_pipeline must be one of {', '.join(INPUT_PIPELINES)}; got {name!r}")
+    if name != "workers" and data is not None and is_shard_dir(data):
+        raise ValueError(
+            f"--input-pipeline {name} reads image folders; shards in {data} are decoded and augmented by the "
+            f"loader workers: drop --input-pipeline (or train from the image folder)"
+        )
     if name == "gpu-decode" and device.type != "cuda":
         raise ValueError(
             f"--input-pipeline gpu-decode decodes JPEGs with nvJPEG and needs a CUDA device, not {device}; "

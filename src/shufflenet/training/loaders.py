@@ -27,7 +27,7 @@ from shufflenet.data.bad_images import BAD_IMAGES_FILE, BadImageLog, too_many_ba
 from shufflenet.data.seeding import mix_seed, seeded
 from shufflenet.training.budget import probe_samples
 from shufflenet.training.config import TrainConfig
-from shufflenet.training.device_input import build_pipeline, check_pipeline
+from shufflenet.training.device_input import build_pipeline
 from shufflenet.training.distributed import Distributed
 from shufflenet.training.recipes import FitRun
 from shufflenet.training.run_folder import SPLIT_FILE
@@ -63,7 +63,6 @@ def build_data(
     chooses the options from the files listed (image size, recipe, batch, epochs, regularisation:
     ``TrainData.config``), before any transform is built from them."""
     bad_log = BadImageLog(run_dir / BAD_IMAGES_FILE)
-    check_pipeline(cfg.input_pipeline, dist.device)
     # Rank 0 writes split.json; the others compute the same seeded split, or read the file if it already was
     # (a resume reads the saved file lists: no rescan, no new split). The transforms come after the fit.
     listed = time.perf_counter()

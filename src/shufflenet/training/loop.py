@@ -93,12 +93,7 @@ def train(config: TrainConfig | None = None, /, **options: Any) -> TrainResult:
 
 
 def _train(cfg: TrainConfig, explicit: set[str], dist: Distributed, stop: StopRequest) -> TrainResult:
-    check_pipeline(cfg.input_pipeline, dist.device)  # before the run folder: gpu-decode needs CUDA
-    if cfg.input_pipeline != "workers" and is_shard_dir(cfg.data):
-        raise ValueError(
-            f"--input-pipeline {cfg.input_pipeline} reads image folders; shards in {cfg.data} are decoded and "
-            f"augmented by the loader workers: drop --input-pipeline (or train from the image folder)"
-        )
+    check_pipeline(cfg.input_pipeline, dist.device, cfg.data)  # before the run folder: gpu-decode needs CUDA
     # The run folder is checked by every rank before rank 0 writes into it.
     run_dir = Path(cfg.out)
     cfg, auto_notes = resolve_auto_resume(cfg, run_dir, explicit)  # --resume auto, torchrun restarts
