@@ -9,11 +9,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
 from shufflenet.data import Sample
+from shufflenet.data.file_list import as_file_list
 from shufflenet.data.shards import ShardIndex
 from shufflenet.models import create_model
 from shufflenet.training.config import TrainConfig
@@ -42,15 +44,20 @@ def probe_samples(samples: Sequence[Sample], num_classes: int, sample: int = PRO
     """The sizes of up to ``sample`` of the training files already listed (about as many of each class, evenly
     spread within it), read from their headers only (PIL opens lazily: nothing is decoded); files it cannot open
     are left out. Nothing is listed again: a folder of 100,000 images is walked once, by the data module."""
-    per_class: dict[int, list[Sample]] = {}
-    for item in samples:
-        per_class.setdefault(item[1], []).append(item)
+    files = as_file_list(samples)  # the labels as one array: no Path object per listed file
+    labels = files.labels
+    by_label = np.argsort(labels, kind="stable")  # each class's files together, in listing order
+    _, first, counts = np.unique(labels, return_index=True, return_counts=True)
+    ends = np.cumsum(counts)
     quota = max(1, -(-sample // max(num_classes, 1)))
-    picked = [item for files in per_class.values() for item in files[:: max(1, len(files) // quota)][:quota]]
+    picked: list[int] = []
+    for c in np.argsort(first):  # classes in the order they were listed
+        members = by_label[ends[c] - counts[c] : ends[c]]
+        picked.extend(members[:: max(1, len(members) // quota)][:quota].tolist())
     short_sides = []
-    for path, _ in picked[:sample]:
+    for index in picked[:sample]:
         try:
-            with Image.open(path) as image:
+            with Image.open(files.name(index)) as image:
                 short_sides.append(min(image.size))
         except OSError:  # a bad file is the data module's to report; the size comes from the others
             continue
